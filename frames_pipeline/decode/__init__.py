@@ -1,0 +1,20 @@
+"""The decode engine: one video in, (N, H, W, 3) uint8 RGB frames and timestamps out. No Dagster here."""
+
+from .errors import DecodeError, Reason
+from .extract import FrameResult, extract_frames, extract_to_file, pts_path
+from .options import DECODE_MODES, DecodeMode, DecodeOptions
+from .probe import VideoInfo, probe
+
+__all__ = [
+    "DECODE_MODES",
+    "DecodeError",
+    "DecodeMode",
+    "DecodeOptions",
+    "FrameResult",
+    "Reason",
+    "VideoInfo",
+    "extract_frames",
+    "extract_to_file",
+    "probe",
+    "pts_path",
+]

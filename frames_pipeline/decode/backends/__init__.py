@@ -1,0 +1,55 @@
+"""Decode backends, one module per mode. Each yields small RGB frames and their timestamps in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..options import DecodeOptions
+from ..probe import VideoInfo
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """Consecutive output frames (N, H, W, 3) uint8 and their presentation times in seconds."""
+
+    frames: NDArray[np.uint8]
+    pts_s: NDArray[np.float64]
+
+
+class Backend(Protocol):
+    """A decoder for one mode; instances are reused across videos within a process."""
+
+    mode: str
+
+    def unsupported(self, info: VideoInfo) -> str | None:
+        """Why this backend cannot take ``info``'s video, or None if it can."""
+
+    def decode(
+        self, info: VideoInfo, options: DecodeOptions, deadline: float, warnings: list[str]
+    ) -> Iterator[FrameBatch]:
+        """Decode every frame of the main stream; append decoder messages to ``warnings``."""
+
+    def close(self) -> None:
+        """Release decoders and devices."""
+
+
+def create_backend(mode: str, options: DecodeOptions) -> Backend:
+    """Instantiate the backend for a concrete mode (not "auto")."""
+    if mode == "ffmpeg_cpu":
+        from .ffmpeg_cpu import FFmpegCPUBackend
+
+        return FFmpegCPUBackend(options)
+    if mode == "ffmpeg_gpu":
+        from .ffmpeg_gpu import FFmpegGPUBackend
+
+        return FFmpegGPUBackend(options)
+    if mode == "pynvc":
+        from .pynvc import PyNvcBackend
+
+        return PyNvcBackend(options)
+    raise ValueError(f"no backend for mode {mode!r}")

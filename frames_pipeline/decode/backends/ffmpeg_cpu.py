@@ -1,0 +1,168 @@
+"""``ffmpeg_cpu``: FFmpeg's software decoders in-process through PyAV (no per-video process start-up).
+
+Frames are never converted to RGB at full size: their Y'CbCr planes are read in place and shrunk
+by ``resize.FrameShrinker``, which costs a fraction of swscale's full-size conversion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import av
+import av.error
+import av.logging
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DecodeError, Reason
+from ..options import DecodeOptions
+from ..probe import VideoInfo, main_video_stream, open_container
+from ..resize import ColourSpec, FrameShrinker
+from . import FrameBatch
+
+# Planar Y'CbCr layouts read directly; anything else is converted to yuv444p first.
+_DIRECT = {
+    "yuv420p": np.uint8, "yuvj420p": np.uint8, "yuv422p": np.uint8, "yuvj422p": np.uint8,
+    "yuv444p": np.uint8, "yuvj444p": np.uint8, "yuv440p": np.uint8, "yuvj440p": np.uint8,
+    "yuv411p": np.uint8, "yuv410p": np.uint8,
+    "yuv420p10le": np.uint16, "yuv422p10le": np.uint16, "yuv444p10le": np.uint16,
+    "yuv420p12le": np.uint16, "yuv422p12le": np.uint16, "yuv444p12le": np.uint16,
+    "yuv420p16le": np.uint16, "yuv444p16le": np.uint16,
+}  # fmt: skip
+_MAX_WARNINGS = 50
+
+
+class FFmpegCPUBackend:
+    mode = "ffmpeg_cpu"
+
+    def __init__(self, options: DecodeOptions) -> None:
+        self.threads = options.threads
+
+    def unsupported(self, info: VideoInfo) -> str | None:
+        return None
+
+    def decode(
+        self, info: VideoInfo, options: DecodeOptions, deadline: float, warnings: list[str]
+    ) -> Iterator[FrameBatch]:
+        batch = _Batcher(options, info)
+        previous_level = av.logging.get_level()
+        av.logging.set_level(av.logging.WARNING)
+        try:
+            with open_container(info.path) as container, av.logging.Capture() as log:
+                stream = main_video_stream(container, info.path)
+                stream.thread_type = "AUTO"
+                stream.thread_count = self.threads
+                stream.codec_context.options = {"max_pixels": str(options.max_pixels)}
+                for frame in _frames(container, stream, deadline, warnings, info.path):
+                    if batch.add(frame):
+                        yield batch.take()
+                if batch.pending:
+                    yield batch.take()
+                warnings.extend(_messages(log))
+        finally:
+            av.logging.set_level(previous_level)
+
+    def close(self) -> None:
+        """Nothing is held between videos: PyAV opens a decoder per container."""
+
+
+def _frames(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    deadline: float,
+    warnings: list[str],
+    path: str,
+) -> Iterator[av.VideoFrame]:
+    packets = container.demux(stream)
+    flushed = False
+    while True:
+        if time.monotonic() > deadline:
+            raise DecodeError(Reason.TIMEOUT, "decode ran past its time limit", path=path)
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as exc:
+            warnings.append(f"input ends early: {exc}")
+            break
+        flushed = packet.size == 0  # demux ends with an empty packet, which drains the decoder
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError as exc:
+            warnings.append(f"damaged packet at pts {packet.pts}: {exc}")
+    if not flushed:
+        try:
+            yield from stream.codec_context.decode(None)
+        except av.error.EOFError:
+            pass
+        except av.error.FFmpegError as exc:
+            warnings.append(f"decoder flush failed: {exc}")
+
+
+class _Batcher:
+    """Shrinks frames as they arrive and groups them into output batches."""
+
+    def __init__(self, options: DecodeOptions, info: VideoInfo) -> None:
+        self.options = options
+        self.info = info
+        self.frames: list[NDArray[np.uint8]] = []
+        self.pts: list[float] = []
+        self._shape: tuple[str, int, int] | None = None
+        self._shrinker: FrameShrinker | None = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.frames)
+
+    def add(self, frame: av.VideoFrame) -> bool:
+        if frame.format.name not in _DIRECT and frame.format.name != "gray":
+            frame = frame.reformat(format="yuv444p")
+        shrinker = self._shrinker_for(frame)
+        y, u, v = _planes(frame)
+        self.frames.append(shrinker(y[None], u[None], v[None])[0])
+        self.pts.append(frame.time if frame.time is not None else len(self.pts) / max(self.info.avg_fps, 1e-9))
+        return len(self.frames) >= self.options.batch_size
+
+    def take(self) -> FrameBatch:
+        batch = FrameBatch(np.stack(self.frames), np.asarray(self.pts, dtype=np.float64))
+        self.frames, self.pts = [], []
+        return batch
+
+    def _shrinker_for(self, frame: av.VideoFrame) -> FrameShrinker:
+        # Streams may change size or format mid-way (resolution switches); rebuild the plan then.
+        shape = (frame.format.name, frame.width, frame.height)
+        if shape != self._shape or self._shrinker is None:
+            fmt = frame.format
+            bits = fmt.components[0].bits
+            self._shrinker = FrameShrinker(
+                luma_hw=(frame.height, frame.width),
+                chroma_hw=(fmt.chroma_height(frame.height), fmt.chroma_width(frame.width)),
+                output_hw=self.options.output_hw,
+                colour=ColourSpec.from_ffmpeg(frame.colorspace, frame.color_range, bits),
+                rotation=self.info.rotation,
+            )
+            self._shape = shape
+        return self._shrinker
+
+
+def _planes(frame: av.VideoFrame) -> tuple[NDArray, NDArray, NDArray]:
+    dtype = _DIRECT.get(frame.format.name, np.uint8)
+    planes = [_plane_array(p, dtype) for p in frame.planes]
+    if len(planes) == 1:  # gray: neutral chroma at the luma's bit depth
+        mid = np.full_like(planes[0], 1 << (frame.format.components[0].bits - 1))
+        return planes[0], mid, mid
+    return planes[0], planes[1], planes[2]
+
+
+def _plane_array(plane: av.video.plane.VideoPlane, dtype: type[np.number]) -> NDArray:
+    itemsize = np.dtype(dtype).itemsize
+    rows = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // itemsize)
+    return rows[:, : plane.width]
+
+
+def _messages(log: list[tuple[int, str, str]]) -> list[str]:
+    lines = [f"{name}: {message.strip()}" for level, name, message in log if level <= av.logging.WARNING]
+    if len(lines) > _MAX_WARNINGS:
+        lines = [*lines[:_MAX_WARNINGS], f"... {len(lines) - _MAX_WARNINGS} more decoder messages"]
+    return lines

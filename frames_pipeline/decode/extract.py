@@ -1,0 +1,207 @@
+"""Turn one video into frames: pick the mode, decode, fall back to CPU when a GPU cannot take it."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .backends import Backend, FrameBatch, create_backend
+from .cuda import cuda_unavailable_reason
+from .errors import DecodeError, Reason
+from .options import GPU_MODES, DecodeOptions
+from .probe import VideoInfo, probe
+from .writer import NpyStreamWriter, save_npy_atomic
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Frames of one video and how they were made.
+
+    ``frames`` is (N, H, W, 3) uint8 RGB, or None when they were streamed to ``output_path``.
+    """
+
+    frames: NDArray[np.uint8] | None
+    pts_s: NDArray[np.float64]
+    requested_mode: str
+    decode_mode: str
+    fallback_reason: str | None
+    warnings: tuple[str, ...]
+    info: VideoInfo
+    decode_seconds: float
+    output_path: str | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pts_s.shape[0])
+
+
+class _Sink(Protocol):
+    def write(self, frames: NDArray[np.uint8]) -> None: ...
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.batches: list[NDArray[np.uint8]] = []
+
+    def write(self, frames: NDArray[np.uint8]) -> None:
+        self.batches.append(frames)
+
+
+_backends: dict[tuple[str, int, str | None], Backend] = {}
+
+
+def backend_for(mode: str, options: DecodeOptions) -> Backend:
+    """The process-wide backend for ``mode``: decoders are reused across videos (start-up is costly)."""
+    key = (mode, options.gpu_id, options.ffmpeg_binary)
+    if key not in _backends:
+        _backends[key] = create_backend(mode, options)
+    return _backends[key]
+
+
+def close_backends() -> None:
+    """Release every cached decoder of this process."""
+    while _backends:
+        _backends.popitem()[1].close()
+
+
+def choose_mode(options: DecodeOptions, info: VideoInfo) -> tuple[str, str | None]:
+    """The mode to use for this video and, when it is not the one asked for, why."""
+    if options.mode == "ffmpeg_cpu":
+        return "ffmpeg_cpu", None
+    wanted = GPU_MODES if options.mode == "auto" else (options.mode,)
+    no_gpu = cuda_unavailable_reason(options.gpu_id)
+    reasons = [no_gpu] if no_gpu else []
+    for mode in () if no_gpu else wanted:
+        why = _backend_refusal(mode, options, info)
+        if why is None:
+            return mode, None
+        reasons.append(f"{mode}: {why}")
+    reason = "; ".join(reasons)
+    if options.mode != "auto" and not options.fallback_to_cpu:
+        raise DecodeError(Reason.GPU_UNAVAILABLE, reason, path=info.path)
+    return "ffmpeg_cpu", reason
+
+
+def _backend_refusal(mode: str, options: DecodeOptions, info: VideoInfo) -> str | None:
+    try:
+        backend = backend_for(mode, options)
+    except DecodeError as exc:
+        return exc.message
+    return backend.unsupported(info)
+
+
+def _decode(
+    source: str | os.PathLike[str], options: DecodeOptions, open_sink: Any
+) -> tuple[VideoInfo, str, str | None, list[str], NDArray[np.float64], Any]:
+    deadline = time.monotonic() + options.timeout_s
+    info = probe(
+        source,
+        allow_remote=options.allow_remote,
+        allowed_roots=options.allowed_roots,
+        max_pixels=options.max_pixels,
+        timeout_s=options.timeout_s,
+    )
+    mode, fallback_reason = choose_mode(options, info)
+    while True:
+        warnings: list[str] = []
+        sink = open_sink(info)
+        try:
+            pts = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
+            return info, mode, fallback_reason, warnings, pts, sink
+        except DecodeError as exc:
+            _discard(sink)
+            if mode in GPU_MODES and options.fallback_to_cpu and exc.reason != Reason.TIMEOUT:
+                fallback_reason = f"{mode} failed: {exc.message}"
+                mode = "ffmpeg_cpu"
+                continue
+            raise
+        except BaseException:
+            _discard(sink)
+            raise
+
+
+def _run_backend(
+    backend: Backend,
+    info: VideoInfo,
+    options: DecodeOptions,
+    deadline: float,
+    warnings: list[str],
+    sink: _Sink,
+) -> NDArray[np.float64]:
+    stamps: list[NDArray[np.float64]] = []
+    batch: FrameBatch
+    for batch in backend.decode(info, options, deadline, warnings):
+        sink.write(batch.frames)
+        stamps.append(batch.pts_s)
+    pts = np.concatenate(stamps) if stamps else np.empty(0, dtype=np.float64)
+    if pts.size == 0:
+        detail = f": {warnings[0]}" if warnings else ""
+        raise DecodeError(Reason.CORRUPT, f"no frame could be decoded{detail}", path=info.path)
+    return pts
+
+
+def _discard(sink: Any) -> None:
+    if isinstance(sink, NpyStreamWriter):
+        sink.abort()
+
+
+def _options(options: DecodeOptions | None, overrides: dict[str, Any]) -> DecodeOptions:
+    return replace(options or DecodeOptions(), **overrides) if overrides else (options or DecodeOptions())
+
+
+def extract_frames(
+    source: str | os.PathLike[str], *, options: DecodeOptions | None = None, **overrides: Any
+) -> FrameResult:
+    """Decode ``source`` into memory. Keyword arguments override fields of ``options``
+    (``output_hw``, ``mode``, ``gpu_id``, ``timeout_s``, ...). Raises DecodeError with a reason."""
+    opts = _options(options, overrides)
+    started = time.perf_counter()
+    info, mode, fallback, warnings, pts, sink = _decode(source, opts, lambda _info: _MemorySink())
+    frames = np.concatenate(sink.batches)
+    return FrameResult(
+        frames, pts, opts.mode, mode, fallback, tuple(warnings), info, time.perf_counter() - started
+    )
+
+
+def pts_path(frames_path: str | os.PathLike[str]) -> Path:
+    """Where the timestamps of ``<stem>.npy`` live: ``<stem>.pts.npy``."""
+    path = Path(frames_path)
+    return path.with_name(path.name.removesuffix(".npy") + ".pts.npy")
+
+
+def extract_to_file(
+    source: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    options: DecodeOptions | None = None,
+    **overrides: Any,
+) -> FrameResult:
+    """Stream frames of ``source`` to ``out_path`` (.npy) and timestamps to ``<stem>.pts.npy``.
+
+    Memory stays bounded by one batch whatever the video's length. The timestamps are published
+    first and the frames last, so an existing frames file always has its timestamps beside it.
+    """
+    opts = _options(options, overrides)
+    started = time.perf_counter()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def open_writer(_info: VideoInfo) -> NpyStreamWriter:
+        return NpyStreamWriter(out, (*opts.output_hw, 3))
+
+    info, mode, fallback, warnings, pts, writer = _decode(source, opts, open_writer)
+    try:
+        save_npy_atomic(pts_path(out), pts)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return FrameResult(
+        None, pts, opts.mode, mode, fallback, tuple(warnings), info, time.perf_counter() - started, str(out)
+    )

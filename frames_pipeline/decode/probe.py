@@ -1,0 +1,192 @@
+"""One probe for every mode: the main video stream, its geometry, colour, timing and true frame count."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from .errors import DecodeError, Reason
+from .sources import INDIRECT_FORMATS, resolve_source
+
+# Larger than any codec's level limit (8192x8192 HEVC/AV1); a header above this is a decompression bomb.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+# Only local files; nested opens (playlists, concat) fail even if a demuxer tries.
+OPEN_OPTIONS = {"protocol_whitelist": "file"}
+_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a decoder needs to know about a video before it starts."""
+
+    path: str
+    container: str
+    stream_index: int
+    codec: str
+    width: int
+    height: int
+    rotation: int
+    pix_fmt: str
+    bit_depth: int
+    chroma_hw: tuple[int, int]
+    colorspace: int
+    color_range: int
+    avg_fps: float
+    nominal_fps: float
+    duration_s: float
+    num_frames: int
+    vfr: bool
+    has_audio: bool
+
+    @property
+    def display_hw(self) -> tuple[int, int]:
+        """(height, width) as shown, after the rotation metadata."""
+        return (self.width, self.height) if self.rotation % 180 else (self.height, self.width)
+
+    @property
+    def chroma(self) -> str:
+        """Chroma subsampling as "420", "422" or "444"."""
+        if self.chroma_hw == (self.height, self.width):
+            return "444"
+        return "422" if self.chroma_hw[0] == self.height else "420"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "display_hw": self.display_hw, "chroma": self.chroma}
+
+
+def open_container(path: str) -> av.container.InputContainer:
+    """Open a local file with FFmpeg, mapping failures to DecodeError."""
+    try:
+        container = av.open(path, options=OPEN_OPTIONS, timeout=30.0)
+    except av.error.FileNotFoundError:
+        raise DecodeError(Reason.NOT_FOUND, "no such file", path=path) from None
+    except (av.error.InvalidDataError, av.error.DemuxerNotFoundError, av.error.EOFError) as exc:
+        raise DecodeError(Reason.NOT_A_VIDEO, f"FFmpeg cannot read the container: {exc}", path=path) from None
+    except av.error.FFmpegError as exc:
+        raise DecodeError(Reason.CORRUPT, f"FFmpeg failed to open the file: {exc}", path=path) from None
+    name = container.format.name
+    if set(name.split(",")) & INDIRECT_FORMATS:
+        container.close()
+        raise DecodeError(Reason.REMOTE_INPUT, f"the {name} format reads other inputs; refused", path=path)
+    if name in _IMAGE_FORMATS:
+        container.close()
+        raise DecodeError(Reason.NOT_A_VIDEO, f"a still image ({name}), not a video", path=path)
+    return container
+
+
+def main_video_stream(container: av.container.InputContainer, path: str) -> av.VideoStream:
+    """The stream a viewer would watch: a real video (not cover art), default first, then largest."""
+    candidates = [
+        s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)
+    ]
+    if not candidates:
+        what = "only cover art" if container.streams.video else "no video stream"
+        raise DecodeError(Reason.NO_VIDEO_STREAM, f"the file has {what}", path=path)
+    return max(
+        candidates,
+        key=lambda s: (
+            bool(s.disposition & av.stream.Disposition.default),
+            (s.codec_context.width or 0) * (s.codec_context.height or 0),
+        ),
+    )
+
+
+def probe(
+    source: str | os.PathLike[str],
+    *,
+    allow_remote: bool = False,
+    allowed_roots: tuple[str, ...] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float = 120.0,
+) -> VideoInfo:
+    """Describe the main video stream of ``source``; raises DecodeError with a reason if it is unusable.
+
+    The frame count is counted from the stream's packets (not estimated from duration x fps), and
+    the rotation is read from the first decoded frame's display matrix, so both are what a decoder
+    will actually see.
+    """
+    path = resolve_source(source, allow_remote=allow_remote, allowed_roots=allowed_roots)
+    deadline = time.monotonic() + timeout_s
+    with open_container(path) as container:
+        stream = main_video_stream(container, path)
+        ctx = stream.codec_context
+        width, height = ctx.width or 0, ctx.height or 0
+        if width * height > max_pixels:
+            raise DecodeError(Reason.TOO_LARGE, f"declares {width}x{height}, over max_pixels={max_pixels}", path=path)
+        if not ctx.codec or not ctx.is_decoder:
+            raise DecodeError(Reason.UNSUPPORTED_CODEC, f"no decoder for codec {ctx.name!r}", path=path)
+        ctx.options = {"max_pixels": str(max_pixels)}
+        pts, first = _scan(container, stream, deadline, path)
+        if not pts.size:
+            raise DecodeError(Reason.ZERO_FRAMES, "the video stream has no frames", path=path)
+        if first is None:
+            raise DecodeError(Reason.CORRUPT, f"none of {pts.size} packets decodes to a frame", path=path)
+        width, height = first.width, first.height
+        if width * height > max_pixels:
+            raise DecodeError(Reason.TOO_LARGE, f"decodes to {width}x{height}, over max_pixels", path=path)
+        fmt = first.format
+        time_base = stream.time_base or Fraction(1, 90000)
+        seconds = (pts - pts[0]) * float(time_base)
+        deltas = np.diff(seconds)
+        frame_step = float(np.median(deltas)) if deltas.size else 0.0
+        duration = float(seconds[-1] + frame_step) if seconds.size else 0.0
+        nominal = float(stream.base_rate or stream.guessed_rate or stream.average_rate or 0)
+        return VideoInfo(
+            path=path,
+            container=container.format.name,
+            stream_index=stream.index,
+            codec=ctx.name,
+            width=width,
+            height=height,
+            rotation=int(first.rotation or 0),
+            pix_fmt=fmt.name,
+            bit_depth=fmt.components[0].bits,
+            chroma_hw=(fmt.chroma_height(height), fmt.chroma_width(width)),
+            colorspace=int(first.colorspace or 0),
+            color_range=int(first.color_range or 0),
+            avg_fps=pts.size / duration if duration > 0 else nominal,
+            nominal_fps=nominal,
+            duration_s=duration,
+            num_frames=int(pts.size),
+            vfr=bool(deltas.size > 1 and np.ptp(deltas) > 0.02 * max(frame_step, 1e-9)),
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def _scan(
+    container: av.container.InputContainer, stream: av.VideoStream, deadline: float, path: str
+) -> tuple[np.ndarray, av.VideoFrame | None]:
+    """Packet timestamps in presentation order, plus the first frame that decodes."""
+    stamps: list[int] = []
+    first: av.VideoFrame | None = None
+    try:
+        for packet in container.demux(stream):
+            if time.monotonic() > deadline:
+                raise DecodeError(Reason.TIMEOUT, "probe ran past its time limit", path=path)
+            if packet.size == 0:
+                if first is None:
+                    first = _first_frame(stream, packet)
+                continue
+            stamps.append(packet.pts if packet.pts is not None else (packet.dts or 0))
+            if first is None:
+                first = _first_frame(stream, packet)
+    except av.error.FFmpegError:
+        pass  # truncated or damaged tail: count what demuxed; the decode reports the damage
+    if first is None and stamps:
+        first = _first_frame(stream, None)  # decoders that hold frames back until flushed
+    return np.sort(np.asarray(stamps, dtype=np.int64)), first
+
+
+def _first_frame(stream: av.VideoStream, packet: av.Packet | None) -> av.VideoFrame | None:
+    try:
+        frames = stream.codec_context.decode(packet)
+    except av.error.FFmpegError:
+        return None
+    return frames[0] if frames else None

@@ -1,0 +1,186 @@
+"""The one antialiased resize and colour conversion every backend finishes with.
+
+Backends hand over Y'CbCr planes (full size on CPU, already shrunk by the GPU elsewhere); this
+module area-averages each plane to the output size, converts to RGB with the stream's own matrix
+and range, and applies the display rotation. Scaling before the colour conversion is what FFmpeg's
+swscale does too; doing it here, on small arrays, keeps every mode's pixels the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+# (Kr, Kb) of the Y'CbCr matrices FFmpeg knows by these colorspace names.
+_MATRICES: dict[str, tuple[float, float]] = {
+    "bt709": (0.2126, 0.0722),
+    "bt601": (0.299, 0.114),
+    "smpte240m": (0.212, 0.087),
+    "fcc": (0.30, 0.11),
+    "bt2020": (0.2627, 0.0593),
+}
+# AVColorSpace numbers as FFmpeg (and PyAV's frame.colorspace) report them.
+_AVCOL_SPC: dict[int, str] = {
+    1: "bt709",
+    4: "fcc",
+    5: "bt601",
+    6: "bt601",
+    7: "smpte240m",
+    9: "bt2020",
+    10: "bt2020",
+}
+
+
+@dataclass(frozen=True)
+class ColourSpec:
+    """How to read the Y'CbCr samples of one stream."""
+
+    matrix: str = "bt601"
+    full_range: bool = False
+    bit_depth: int = 8
+
+    @classmethod
+    def from_ffmpeg(cls, colorspace: int | None, color_range: int | None, bit_depth: int) -> ColourSpec:
+        """Build from FFmpeg's AVColorSpace/AVColorRange numbers; unspecified means BT.601 limited, as swscale assumes."""
+        return cls(
+            matrix=_AVCOL_SPC.get(int(colorspace or 0), "bt601"),
+            full_range=int(color_range or 0) == 2,
+            bit_depth=bit_depth,
+        )
+
+
+_GROUPS_PER_CELL = 2
+
+
+@lru_cache(maxsize=256)
+def _area_plan(n_in: int, n_out: int, grouped: bool = True) -> tuple[int, NDArray[np.float32]]:
+    """Group size and weights that area-resample ``n_in`` samples to ``n_out``.
+
+    Samples are first summed in groups of ``group`` (an exact integer box over the big array, the
+    only full-size pass), then a small matrix spreads the group sums over the output cells by their
+    overlap: the exact area average of the piecewise-constant group means. Groups are half an output
+    cell or less, so the extra blur stays under half a cell (none when the ratio is a whole number).
+    """
+    group = max(1, n_in // (_GROUPS_PER_CELL * n_out)) if grouped else 1
+    starts = np.arange(0, n_in, group, dtype=np.float64)
+    sizes = np.minimum(starts + group, n_in) - starts
+    scale = n_in / n_out
+    cell_lo = np.arange(n_out, dtype=np.float64)[:, None] * scale
+    overlap = np.minimum(cell_lo + scale, starts + sizes) - np.maximum(cell_lo, starts)
+    weights = np.clip(overlap, 0.0, None) / scale / sizes
+    return group, weights.astype(np.float32)
+
+
+def _group_sums(x: NDArray, axis: int, group: int) -> NDArray:
+    """Sum consecutive runs of ``group`` samples along ``axis`` (the last run may be shorter)."""
+    if group == 1:
+        return x
+    n = x.shape[axis]
+    full = (n // group) * group
+    head = x[(slice(None),) * axis + (slice(0, full),)]
+    sums = head.reshape(head.shape[:axis] + (full // group, group) + head.shape[axis + 1 :]).sum(
+        axis=axis + 1, dtype=_accumulator(x.dtype, group)
+    )
+    if full == n:
+        return sums
+    tail = x[(slice(None),) * axis + (slice(full, n),)].sum(axis=axis, keepdims=True, dtype=sums.dtype)
+    return np.concatenate([sums, tail], axis=axis)
+
+
+def _accumulator(dtype: np.dtype, group: int) -> type[np.number]:
+    if not np.issubdtype(dtype, np.integer):
+        return np.float32
+    peak = group * int(np.iinfo(dtype).max)
+    return np.uint16 if peak <= np.iinfo(np.uint16).max else np.uint32
+
+
+class FrameShrinker:
+    """Area-resize planes of one stream to ``output_hw`` RGB, in two steps that batch well.
+
+    ``reduce`` is the only pass over full-size planes (integer row sums, per frame as frames arrive);
+    ``finish`` turns a batch of reduced planes into RGB with a few small matrix products, so the
+    per-frame Python cost stays low even at thousands of frames per second.
+    """
+
+    def __init__(
+        self,
+        luma_hw: tuple[int, int],
+        chroma_hw: tuple[int, int],
+        output_hw: tuple[int, int],
+        colour: ColourSpec,
+        rotation: int = 0,
+    ) -> None:
+        self.output_hw = output_hw
+        self.colour = colour
+        self.rotation = rotation
+        out_h, out_w = coded_size(output_hw, rotation)
+        self._luma = _PlanePlan(luma_hw, out_h, out_w)
+        self._chroma = _PlanePlan(chroma_hw, out_h, out_w)
+
+    def reduce(self, y: NDArray, u: NDArray, v: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+        """Row-reduce planes shaped (..., h, w); returns small integer arrays for ``finish``."""
+        return self._luma.reduce(y), self._chroma.reduce(u), self._chroma.reduce(v)
+
+    def finish(self, y: NDArray, u: NDArray, v: NDArray) -> NDArray[np.uint8]:
+        """Reduced planes (N, rows, w) -> (N, H, W, 3) RGB in display orientation."""
+        rgb = yuv_to_rgb(self._luma.finish(y), self._chroma.finish(u), self._chroma.finish(v), self.colour)
+        return rotate(rgb, self.rotation)
+
+    def __call__(self, y: NDArray, u: NDArray, v: NDArray) -> NDArray[np.uint8]:
+        """Both steps at once, for planes already small (GPU paths) or a single batch."""
+        return self.finish(*self.reduce(y, u, v))
+
+
+class _PlanePlan:
+    def __init__(self, in_hw: tuple[int, int], out_h: int, out_w: int) -> None:
+        self.in_hw = in_hw
+        self.rows_group, self.rows_weights = _area_plan(in_hw[0], out_h)
+        self.cols_weights_t = np.ascontiguousarray(_area_plan(in_hw[1], out_w, grouped=False)[1].T)
+
+    def reduce(self, plane: NDArray) -> NDArray:
+        if plane.shape[-2:] != self.in_hw:
+            raise ValueError(f"plane is {plane.shape[-2:]}, expected {self.in_hw}")
+        return _group_sums(plane, plane.ndim - 2, self.rows_group)
+
+    def finish(self, sums: NDArray) -> NDArray[np.float32]:
+        return self.rows_weights @ sums.astype(np.float32) @ self.cols_weights_t
+
+
+def yuv_to_rgb(
+    y: NDArray[np.float32], u: NDArray[np.float32], v: NDArray[np.float32], colour: ColourSpec
+) -> NDArray[np.uint8]:
+    """Convert same-sized Y'CbCr sample arrays (in code values) to RGB uint8, channels last."""
+    kr, kb = _MATRICES[colour.matrix]
+    kg = 1.0 - kr - kb
+    unit = float(1 << (colour.bit_depth - 8))
+    if colour.full_range:
+        top = float((1 << colour.bit_depth) - 1)
+        luma = y / top
+        cb = (u - 128.0 * unit) / top
+        cr = (v - 128.0 * unit) / top
+    else:
+        luma = (y - 16.0 * unit) / (219.0 * unit)
+        cb = (u - 128.0 * unit) / (224.0 * unit)
+        cr = (v - 128.0 * unit) / (224.0 * unit)
+    r = luma + 2.0 * (1.0 - kr) * cr
+    b = luma + 2.0 * (1.0 - kb) * cb
+    g = (luma - kr * r - kb * b) / kg
+    rgb = np.stack([r, g, b], axis=-1) * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def rotate(frames: NDArray[np.uint8], rotation: int) -> NDArray[np.uint8]:
+    """Apply a display rotation (degrees counter-clockwise, FFmpeg's sign) to (N, H, W, 3) frames."""
+    turns = (round(rotation / 90) % 4) if rotation else 0
+    if turns == 0:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2)))
+
+
+def coded_size(output_hw: tuple[int, int], rotation: int) -> tuple[int, int]:
+    """The (height, width) to resize to before rotating, so the rotated result is ``output_hw``."""
+    h, w = output_hw
+    return (w, h) if round(rotation / 90) % 2 else (h, w)
