@@ -164,9 +164,7 @@ def extract_frames(
     started = time.perf_counter()
     info, mode, fallback, warnings, pts, sink = _decode(source, opts, lambda _info: _MemorySink())
     frames = np.concatenate(sink.batches)
-    return FrameResult(
-        frames, pts, opts.mode, mode, fallback, tuple(warnings), info, time.perf_counter() - started
-    )
+    return FrameResult(frames, pts, opts.mode, mode, fallback, tuple(warnings), info, time.perf_counter() - started)
 
 
 def pts_path(frames_path: str | os.PathLike[str]) -> Path:

@@ -83,9 +83,7 @@ def open_container(path: str) -> av.container.InputContainer:
 
 def main_video_stream(container: av.container.InputContainer, path: str) -> av.VideoStream:
     """The stream a viewer would watch: a real video (not cover art), default first, then largest."""
-    candidates = [
-        s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)
-    ]
+    candidates = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
     if not candidates:
         what = "only cover art" if container.streams.video else "no video stream"
         raise DecodeError(Reason.NO_VIDEO_STREAM, f"the file has {what}", path=path)

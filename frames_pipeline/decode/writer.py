@@ -44,7 +44,7 @@ class NpyStreamWriter:
         self.count = 0
         self._tmp = partial_name(self.path)
         try:
-            self._fh = open(self._tmp, "wb")
+            self._fh = open(self._tmp, "wb")  # noqa: SIM115 - held open across write() calls
             self._fh.write(b"\0" * _HEADER_BYTES)
         except OSError as exc:
             raise DecodeError(Reason.WRITE_FAILED, f"cannot create {self._tmp}: {exc}") from None
