@@ -44,7 +44,7 @@ class ColourSpec:
 
     @classmethod
     def from_ffmpeg(cls, colorspace: int | None, color_range: int | None, bit_depth: int) -> ColourSpec:
-        """Build from FFmpeg's AVColorSpace/AVColorRange numbers; unspecified means BT.601 limited, as swscale assumes."""
+        """From FFmpeg's AVColorSpace/AVColorRange numbers; unspecified is BT.601 limited, as in swscale."""
         return cls(
             matrix=_AVCOL_SPC.get(int(colorspace or 0), "bt601"),
             full_range=int(color_range or 0) == 2,
@@ -81,7 +81,7 @@ def _group_sums(x: NDArray, axis: int, group: int) -> NDArray:
     n = x.shape[axis]
     full = (n // group) * group
     head = x[(slice(None),) * axis + (slice(0, full),)]
-    sums = head.reshape(head.shape[:axis] + (full // group, group) + head.shape[axis + 1 :]).sum(
+    sums = head.reshape((*head.shape[:axis], full // group, group, *head.shape[axis + 1 :])).sum(
         axis=axis + 1, dtype=_accumulator(x.dtype, group)
     )
     if full == n:
