@@ -21,6 +21,7 @@ class Reason(StrEnum):
     GPU_UNAVAILABLE = "gpu_unavailable"
     WORKER_CRASHED = "worker_crashed"
     WRITE_FAILED = "write_failed"
+    INTERNAL_ERROR = "internal_error"
 
 
 _HINTS: dict[Reason, str] = {
@@ -37,6 +38,7 @@ _HINTS: dict[Reason, str] = {
     Reason.GPU_UNAVAILABLE: "no usable CUDA device: use mode='auto' or 'ffmpeg_cpu'",
     Reason.WORKER_CRASHED: "the decoder process died; the video was retried and failed again",
     Reason.WRITE_FAILED: "the output could not be written (disk full or not writable)",
+    Reason.INTERNAL_ERROR: "a bug in frames_pipeline: please report it with the video",
 }
 
 

@@ -70,30 +70,31 @@ def close_backends() -> None:
         _backends.popitem()[1].close()
 
 
-def choose_mode(options: DecodeOptions, info: VideoInfo) -> tuple[str, str | None]:
-    """The mode to use for this video and, when it is not the one asked for, why."""
+def preferred_mode(options: DecodeOptions) -> tuple[str, str | None]:
+    """The mode this host gives ``options.mode`` before seeing a video, and why if it is not the one asked."""
     if options.mode == "ffmpeg_cpu":
         return "ffmpeg_cpu", None
-    wanted = GPU_MODES if options.mode == "auto" else (options.mode,)
     no_gpu = cuda_unavailable_reason(options.gpu_id)
     reasons = [no_gpu] if no_gpu else []
-    for mode in () if no_gpu else wanted:
-        why = _backend_refusal(mode, options, info)
-        if why is None:
+    for mode in () if no_gpu else (GPU_MODES if options.mode == "auto" else (options.mode,)):
+        try:
+            backend_for(mode, options)
             return mode, None
-        reasons.append(f"{mode}: {why}")
-    reason = "; ".join(reasons)
-    if options.mode != "auto" and not options.fallback_to_cpu:
-        raise DecodeError(Reason.GPU_UNAVAILABLE, reason, path=info.path)
-    return "ffmpeg_cpu", reason
+        except DecodeError as exc:
+            reasons.append(f"{mode}: {exc.message}")
+    return "ffmpeg_cpu", "; ".join(reasons)
 
 
-def _backend_refusal(mode: str, options: DecodeOptions, info: VideoInfo) -> str | None:
-    try:
-        backend = backend_for(mode, options)
-    except DecodeError as exc:
-        return exc.message
-    return backend.unsupported(info)
+def choose_mode(options: DecodeOptions, info: VideoInfo) -> tuple[str, str | None]:
+    """The mode to use for this video and, when it is not the one asked for, why."""
+    mode, reason = preferred_mode(options)
+    if mode in GPU_MODES:
+        refusal = backend_for(mode, options).unsupported(info)
+        if refusal is not None:
+            mode, reason = "ffmpeg_cpu", f"{mode}: {refusal}"
+    if mode != options.mode and options.mode != "auto" and not options.fallback_to_cpu:
+        raise DecodeError(Reason.GPU_UNAVAILABLE, reason or "", path=info.path)
+    return mode, reason
 
 
 def _decode(

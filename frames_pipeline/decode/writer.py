@@ -34,6 +34,13 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
+def remove_partials(path: str | os.PathLike[str]) -> None:
+    """Delete temporary files left for ``path`` by writers that were killed (any process id)."""
+    final = Path(path)
+    for leftover in final.parent.glob(f".{final.name}.*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
 class NpyStreamWriter:
     """Append frame batches of one shape and dtype; ``commit`` publishes, ``abort`` leaves nothing."""
 
