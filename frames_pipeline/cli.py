@@ -1,0 +1,142 @@
+"""``frames-pipeline``: extract frames and probe videos from the shell.
+
+Exit codes scripts can trust: 0 all videos done, 1 at least one video failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .decode import DECODE_MODES, DecodeError, DecodeOptions, probe
+from .decode.workers import DecoderPool, VideoJob, VideoOutcome
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 27x48, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError("height and width must be positive")
+    return h, w
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frames-pipeline",
+        description="Decode videos into (N, H, W, 3) uint8 RGB frame arrays on NVDEC, FFmpeg+CUDA or CPU.",
+        epilog="Exit codes: 0 all videos done, 1 some video failed, 2 bad usage.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    extract = commands.add_parser(
+        "extract",
+        help="decode videos to DIR/<stem>.npy and DIR/<stem>.pts.npy",
+        description="Decode each VIDEO to DIR/<stem>.npy (frames) and DIR/<stem>.pts.npy (seconds per frame).",
+    )
+    extract.add_argument("videos", nargs="+", metavar="VIDEO", type=Path)
+    extract.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    extract.add_argument("--hw", type=_hw, default=(27, 48), metavar="HxW", help="output height x width (27x48)")
+    extract.add_argument("--mode", choices=DECODE_MODES, default="auto", help="decoder (default: auto)")
+    extract.add_argument("--workers", type=int, default=1, help="videos decoded in parallel (default 1)")
+    extract.add_argument("--gpu-id", type=int, default=0)
+    extract.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per-video limit in seconds")
+    extract.add_argument("--ffmpeg", metavar="BINARY", help="ffmpeg executable for ffmpeg_gpu (default: bundled)")
+    extract.add_argument("--json", action="store_true", help="print one JSON object per video instead of a table")
+
+    probe_cmd = commands.add_parser("probe", help="print what the decoder will see in each video")
+    probe_cmd.add_argument("videos", nargs="+", metavar="VIDEO", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "extract":
+        return _extract(args)
+    return _probe(args.videos)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    stems = Counter(video.stem for video in args.videos)
+    duplicates = sorted(stem for stem, count in stems.items() if count > 1)
+    if duplicates:
+        print(f"several videos share an output name: {', '.join(duplicates)}", file=sys.stderr)
+        return EXIT_USAGE
+    options = DecodeOptions(
+        output_hw=args.hw, mode=args.mode, gpu_id=args.gpu_id, timeout_s=args.timeout, ffmpeg_binary=args.ffmpeg
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [VideoJob(video.stem, str(video), str(args.out / f"{video.stem}.npy")) for video in args.videos]
+    outcomes: list[VideoOutcome] = []
+    with (
+        DecoderPool(options, workers=args.workers) as pool,
+        tqdm(total=len(jobs), unit="video", disable=args.json or not sys.stderr.isatty()) as bar,
+    ):
+        for outcome in pool.run(jobs):
+            outcomes.append(outcome)
+            bar.update()
+            if args.json:
+                print(json.dumps(_row(outcome)), flush=True)
+    if not args.json:
+        _print_table(outcomes)
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        print(f"FAILED {outcome.source}: {outcome.error_reason}: {outcome.error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _row(outcome: VideoOutcome) -> dict[str, object]:
+    return {
+        "video": outcome.source,
+        "status": outcome.status,
+        "frames": outcome.num_frames,
+        "mode": outcome.decode_mode,
+        "fallback_reason": outcome.fallback_reason,
+        "error_reason": outcome.error_reason,
+        "error": outcome.error,
+        "seconds": round(outcome.decode_seconds, 3),
+        "output": outcome.output,
+        "warnings": list(outcome.warnings),
+    }
+
+
+def _print_table(outcomes: list[VideoOutcome]) -> None:
+    header = ("video", "status", "frames", "mode", "fps", "note")
+    rows = [header]
+    for o in sorted(outcomes, key=lambda o: o.source):
+        fps = f"{o.num_frames / o.decode_seconds:.0f}" if o.ok and o.decode_seconds > 0 else "-"
+        note = o.error_reason or o.fallback_reason or (f"{len(o.warnings)} warnings" if o.warnings else "")
+        rows.append((Path(o.source).name, o.status, str(o.num_frames), o.decode_mode or "-", fps, note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    ok = sum(o.ok for o in outcomes)
+    frames = sum(o.num_frames for o in outcomes)
+    print(f"{ok}/{len(outcomes)} videos ok, {frames} frames")
+
+
+def _probe(videos: list[Path]) -> int:
+    status = EXIT_OK
+    for video in videos:
+        try:
+            print(json.dumps(probe(video).to_dict(), indent=2))
+        except DecodeError as exc:
+            print(f"FAILED {video}: {exc} ({exc.hint})", file=sys.stderr)
+            status = EXIT_FAILED
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
