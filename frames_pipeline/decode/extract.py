@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .backends import Backend, FrameBatch, create_backend
+from .backends import Backend, DamagedStream, FrameBatch, create_backend
 from .cuda import cuda_unavailable_reason
 from .errors import DecodeError, Reason
 from .options import GPU_MODES, DecodeOptions
@@ -53,12 +53,12 @@ class _MemorySink:
         self.batches.append(frames)
 
 
-_backends: dict[tuple[str, int, str | None], Backend] = {}
+_backends: dict[tuple[str, int, str | None, int], Backend] = {}
 
 
 def backend_for(mode: str, options: DecodeOptions) -> Backend:
     """The process-wide backend for ``mode``: decoders are reused across videos (start-up is costly)."""
-    key = (mode, options.gpu_id, options.ffmpeg_binary)
+    key = (mode, options.gpu_id, options.ffmpeg_binary, options.threads)
     if key not in _backends:
         _backends[key] = create_backend(mode, options)
     return _backends[key]
@@ -115,6 +115,10 @@ def _decode(
         try:
             pts = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
             return info, mode, fallback_reason, warnings, pts, sink
+        except DamagedStream:
+            _discard(sink)
+            options = replace(options, threads=1)
+            continue
         except DecodeError as exc:
             _discard(sink)
             if mode in GPU_MODES and options.fallback_to_cpu and exc.reason != Reason.TIMEOUT:

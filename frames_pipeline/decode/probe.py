@@ -120,6 +120,7 @@ def probe(
             raise DecodeError(Reason.TOO_LARGE, f"declares {width}x{height}, over max_pixels={max_pixels}", path=path)
         if not ctx.codec or not ctx.is_decoder:
             raise DecodeError(Reason.UNSUPPORTED_CODEC, f"no decoder for codec {ctx.name!r}", path=path)
+        codec = ctx.codec.canonical_name  # "av1", not the decoder's name ("libdav1d")
         ctx.options = {"max_pixels": str(max_pixels)}
         pts, first = _scan(container, stream, deadline, path)
         if not pts.size:
@@ -140,7 +141,7 @@ def probe(
             path=path,
             container=container.format.name,
             stream_index=stream.index,
-            codec=ctx.name,
+            codec=codec,
             width=width,
             height=height,
             rotation=int(first.rotation or 0),
@@ -153,7 +154,7 @@ def probe(
             nominal_fps=nominal,
             duration_s=duration,
             num_frames=int(pts.size),
-            vfr=bool(deltas.size > 1 and np.ptp(deltas) > 0.02 * max(frame_step, 1e-9)),
+            vfr=bool(deltas.size > 1 and np.ptp(deltas) > max(0.02 * frame_step, 2.5 * float(time_base))),
             has_audio=bool(container.streams.audio),
         )
 

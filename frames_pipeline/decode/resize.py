@@ -113,6 +113,7 @@ class FrameShrinker:
         colour: ColourSpec,
         rotation: int = 0,
     ) -> None:
+        self.luma_hw = luma_hw
         self.output_hw = output_hw
         self.colour = colour
         self.rotation = rotation

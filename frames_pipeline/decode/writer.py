@@ -7,6 +7,7 @@ either no file or a whole, valid one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -80,7 +81,9 @@ class NpyStreamWriter:
         return self.path
 
     def abort(self) -> None:
-        self._fh.close()
+        # Closing flushes buffered bytes, which fails again on a full disk: the file goes regardless.
+        with contextlib.suppress(OSError):
+            self._fh.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> NpyStreamWriter:
@@ -89,7 +92,7 @@ class NpyStreamWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is not None and not self._fh.closed:
+        if not self._fh.closed:  # left without commit(): nothing may stay behind
             self.abort()
 
 

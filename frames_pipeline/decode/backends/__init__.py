@@ -21,6 +21,11 @@ class FrameBatch:
     pts_s: NDArray[np.float64]
 
 
+class DamagedStream(Exception):
+    """Raised after a multi-threaded decode met damage: frame threads can lose the frames around it,
+    so the caller decodes the video again on one thread (damaged files are rare; the retry is cheap)."""
+
+
 class Backend(Protocol):
     """A decoder for one mode; instances are reused across videos within a process."""
 

@@ -6,6 +6,7 @@ by ``resize.FrameShrinker``, which costs a fraction of swscale's full-size conve
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterator
 
@@ -19,7 +20,7 @@ from ..errors import DecodeError, Reason
 from ..options import DecodeOptions
 from ..probe import VideoInfo, main_video_stream, open_container
 from ..resize import ColourSpec, FrameShrinker
-from . import FrameBatch
+from . import DamagedStream, FrameBatch
 
 # Planar Y'CbCr layouts read directly; anything else is converted to yuv444p first.
 _DIRECT = {
@@ -45,20 +46,25 @@ class FFmpegCPUBackend:
     def decode(
         self, info: VideoInfo, options: DecodeOptions, deadline: float, warnings: list[str]
     ) -> Iterator[FrameBatch]:
-        batch = _Batcher(options, info)
+        batch = _Batcher(options, info, warnings)
+        threaded = self.threads != 1
         previous_level = av.logging.get_level()
         av.logging.set_level(av.logging.WARNING)
         try:
-            with open_container(info.path) as container, av.logging.Capture() as log:
+            with open_container(info.path) as container, av.logging.Capture(local=False) as log:
                 stream = main_video_stream(container, info.path)
-                stream.thread_type = "AUTO"
-                stream.thread_count = self.threads
+                stream.thread_type = "AUTO" if threaded else "SLICE"
+                stream.thread_count = self.threads if threaded else 1
                 stream.codec_context.options = {"max_pixels": str(options.max_pixels)}
+                damage_before = len(warnings)
                 for frame in _frames(container, stream, deadline, warnings, info.path):
                     if batch.add(frame):
                         yield batch.take()
+                batch.drain()
                 if batch.pending:
                     yield batch.take()
+                if threaded and (len(warnings) > damage_before or _errors(log)):
+                    raise DamagedStream(info.path)
                 warnings.extend(_messages(log))
         finally:
             av.logging.set_level(previous_level)
@@ -101,13 +107,24 @@ def _frames(
 
 
 class _Batcher:
-    """Shrinks frames as they arrive and groups them into output batches."""
+    """Shrinks frames as they arrive, restores presentation order, and groups them into batches.
 
-    def __init__(self, options: DecodeOptions, info: VideoInfo) -> None:
+    Decoders can emit frames out of order around damage; a small window sorted by pts puts them
+    back, and a frame that arrives after later ones were emitted is dropped with a warning.
+    """
+
+    _WINDOW = 16
+
+    def __init__(self, options: DecodeOptions, info: VideoInfo, warnings: list[str]) -> None:
         self.options = options
         self.info = info
+        self.warnings = warnings
         self.frames: list[NDArray[np.uint8]] = []
         self.pts: list[float] = []
+        self._window: list[tuple[float, int, NDArray[np.uint8]]] = []
+        self._arrivals = 0
+        self._last_pts = -np.inf
+        self._late = 0
         self._shape: tuple[str, int, int] | None = None
         self._shrinker: FrameShrinker | None = None
 
@@ -118,11 +135,29 @@ class _Batcher:
     def add(self, frame: av.VideoFrame) -> bool:
         if frame.format.name not in _DIRECT and frame.format.name != "gray":
             frame = frame.reformat(format="yuv444p")
-        shrinker = self._shrinker_for(frame)
         y, u, v = _planes(frame)
-        self.frames.append(shrinker(y[None], u[None], v[None])[0])
-        self.pts.append(frame.time if frame.time is not None else len(self.pts) / max(self.info.avg_fps, 1e-9))
+        small = self._shrinker_for(frame)(y[None], u[None], v[None])[0]
+        pts = frame.time if frame.time is not None else self._arrivals / max(self.info.avg_fps, 1e-9)
+        heapq.heappush(self._window, (pts, self._arrivals, small))
+        self._arrivals += 1
+        if len(self._window) > self._WINDOW:
+            self._emit(heapq.heappop(self._window))
         return len(self.frames) >= self.options.batch_size
+
+    def drain(self) -> None:
+        while self._window:
+            self._emit(heapq.heappop(self._window))
+        if self._late:
+            self.warnings.append(f"dropped {self._late} frame(s) that arrived after later ones (damaged stream)")
+
+    def _emit(self, item: tuple[float, int, NDArray[np.uint8]]) -> None:
+        pts, _, small = item
+        if pts <= self._last_pts:
+            self._late += 1
+            return
+        self._last_pts = pts
+        self.frames.append(small)
+        self.pts.append(pts)
 
     def take(self) -> FrameBatch:
         batch = FrameBatch(np.stack(self.frames), np.asarray(self.pts, dtype=np.float64))
@@ -159,6 +194,10 @@ def _plane_array(plane: av.video.plane.VideoPlane, dtype: type[np.number]) -> ND
     itemsize = np.dtype(dtype).itemsize
     rows = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // itemsize)
     return rows[:, : plane.width]
+
+
+def _errors(log: list[tuple[int, str, str]]) -> bool:
+    return any(level <= av.logging.ERROR for level, _, _ in log)
 
 
 def _messages(log: list[tuple[int, str, str]]) -> list[str]:

@@ -1,8 +1,8 @@
 """``ffmpeg_gpu``: an ffmpeg process decoding with ``-hwaccel cuda`` and shrinking with ``scale_cuda``.
 
-``scale_cuda`` reads only a few source pixels per output pixel, so a 40x shrink in one step aliases;
-the filter chain halves the picture step by step (each halving an exact 2x2 average) down to 4x
-the output, downloads those small frames, and ``resize.FrameShrinker`` finishes like every mode.
+``scale_cuda`` reads only a few source pixels per output pixel, so it shrinks to 4x the output size
+(one lanczos step: on an H100 it agreed with ffmpeg_cpu better than bilinear or chains of halvings),
+the small frames are downloaded, and ``resize.FrameShrinker`` finishes the area resize like every mode.
 Timestamps come from ``showinfo`` on the small frames; rotation is applied by us, not by ffmpeg.
 """
 
@@ -72,15 +72,9 @@ class FFmpegGPUBackend:
     def command(self, info: VideoInfo, options: DecodeOptions) -> tuple[list[str], tuple[int, int], str]:
         """The ffmpeg argument list, the (height, width) it outputs and its pixel format."""
         inter_h, inter_w = intermediate_size(info, options.output_hw)
-        steps = []
-        h, w = info.height, info.width
-        while h // 2 >= inter_h and w // 2 >= inter_w:
-            h, w = h // 4 * 2, w // 4 * 2  # halve, staying even as NV12 needs
-            steps.append(f"scale_cuda={w}:{h}:interp_algo=bilinear")
-        if (h, w) != (inter_h, inter_w):
-            steps.append(f"scale_cuda={inter_w}:{inter_h}:interp_algo=bilinear")
+        scale = f"scale_cuda={inter_w}:{inter_h}:interp_algo=lanczos"
         pix_fmt = _DOWNLOAD[(info.chroma, info.bit_depth > 8)]
-        chain = ",".join([*steps, "hwdownload", f"format={pix_fmt}", "showinfo"])
+        chain = ",".join([scale, "hwdownload", f"format={pix_fmt}", "showinfo"])
         args = [
             self.binary, "-nostdin", "-hide_banner", "-loglevel", "info",
             "-protocol_whitelist", "file",

@@ -38,6 +38,8 @@ _CODECS = {
 }
 # NVDEC's scaler samples few source pixels per output pixel: shrink to this multiple of the output.
 _NVDEC_OVERSAMPLE = 4
+_MAX_DECODERS = 4
+_WIDE_FORMATS = ("P016", "YUV444_16Bit", "P216")
 
 
 def intermediate_size(info: VideoInfo, output_hw: tuple[int, int]) -> tuple[int, int]:
@@ -64,7 +66,7 @@ class PyNvcBackend:
             raise DecodeError(Reason.GPU_UNAVAILABLE, f"PyNvVideoCodec cannot load: {exc}") from None
         self.nvc = nvc
         self.gpu_id = options.gpu_id
-        self._decoders: dict[tuple[str, int], tuple[Any, int, int]] = {}
+        self._decoders: dict[tuple[str, int, int, int], tuple[Any, int, int]] = {}
 
     def unsupported(self, info: VideoInfo) -> str | None:
         name = _CODECS.get(info.codec)
@@ -96,7 +98,7 @@ class PyNvcBackend:
         inter_h, inter_w = intermediate_size(info, options.output_hw)
         decoder = self._decoder(info, inter_w, inter_h)
         time_base = demuxer.GetTimebaseNum() / max(demuxer.GetTimebaseDen(), 1)
-        batch = _NV12Batch(info, options, inter_h, inter_w, time_base)
+        batch = _NV12Batch(info, options, time_base)
         try:
             for packet in demuxer:
                 if time.monotonic() > deadline:
@@ -107,8 +109,10 @@ class PyNvcBackend:
         except DecodeError:
             raise
         except Exception as exc:
-            self._forget(info)  # a decoder that raised stays broken
-            raise DecodeError(Reason.CORRUPT, f"NVDEC: {exc}", path=info.path) from None
+            self._forget(info, inter_w, inter_h)  # a decoder that raised stays broken
+            unsupported = isinstance(exc, self.nvc.PyNvVCExceptionUnsupported)
+            reason = Reason.UNSUPPORTED_CODEC if unsupported else Reason.CORRUPT
+            raise DecodeError(reason, f"NVDEC: {' '.join(str(exc).split())}", path=info.path) from None
         if batch.pending:
             yield batch.take()
 
@@ -116,7 +120,9 @@ class PyNvcBackend:
         self._decoders.clear()
 
     def _decoder(self, info: VideoInfo, inter_w: int, inter_h: int) -> Any:
-        key = (info.codec, info.bit_depth)
+        # NVDEC applies setReconfigParams only when a new sequence starts at another size, so a
+        # decoder is reused only for the same target size (the common case: a corpus of one size).
+        key = (info.codec, info.bit_depth, inter_w, inter_h)
         cached = self._decoders.get(key)
         if cached is None or cached[1] < info.width or cached[2] < info.height:
             max_w = max(info.width, cached[1] if cached else 0)
@@ -129,16 +135,16 @@ class PyNvcBackend:
                     maxwidth=max_w,
                     maxheight=max_h,
                 )
+                decoder.setReconfigParams(inter_w, inter_h)
             except Exception as exc:
                 raise DecodeError(Reason.UNSUPPORTED_CODEC, f"NVDEC decoder: {exc}", path=info.path) from None
-            cached = (decoder, max_w, max_h)
-            self._decoders[key] = cached
-        decoder = cached[0]
-        decoder.setReconfigParams(inter_w, inter_h)
-        return decoder
+            if len(self._decoders) >= _MAX_DECODERS:
+                self._decoders.pop(next(iter(self._decoders)))
+            cached = self._decoders[key] = (decoder, max_w, max_h)
+        return cached[0]
 
-    def _forget(self, info: VideoInfo) -> None:
-        self._decoders.pop((info.codec, info.bit_depth), None)
+    def _forget(self, info: VideoInfo, inter_w: int, inter_h: int) -> None:
+        self._decoders.pop((info.codec, info.bit_depth, inter_w, inter_h), None)
 
 
 @lru_cache(maxsize=64)
@@ -157,16 +163,19 @@ def _caps(nvc: Any, gpu_id: int, codec: str, chroma: str, bit_depth: int) -> dic
 
 
 class _NV12Batch:
-    """Copies NVDEC's small host frames into planes and shrinks them a batch at a time."""
+    """Copies NVDEC's small host frames and shrinks them a batch at a time.
 
-    def __init__(self, info: VideoInfo, options: DecodeOptions, height: int, width: int, time_base: float) -> None:
+    Frame geometry is read from each frame (rows of luma then chroma: NV12/P016 interleave U and V
+    at half size, YUV444 stacks three full planes), never assumed from what was asked of NVDEC.
+    """
+
+    def __init__(self, info: VideoInfo, options: DecodeOptions, time_base: float) -> None:
         self.options = options
-        self.height, self.width = height, width
         self.time_base = time_base
         self.frames: list[NDArray] = []
         self.pts: list[float] = []
         self._shrinker: FrameShrinker | None = None
-        self._layout: tuple[int, int] | None = None
+        self._geometry: tuple[str, int, int] | None = None
         self._colour = (info.colorspace, info.color_range)
         self._rotation = info.rotation
 
@@ -175,46 +184,42 @@ class _NV12Batch:
         return bool(self.frames)
 
     def add(self, frame: Any) -> bool:
+        geometry = (frame.format.name, *frame.shape[:2])
+        if self.frames and geometry != self._geometry:
+            raise DecodeError(Reason.CORRUPT, f"NVDEC changed its output from {self._geometry} to {geometry}")
+        self._geometry = geometry
         self.frames.append(_host_copy(frame))
         self.pts.append(frame.getPTS() * self.time_base)
         return len(self.frames) >= self.options.batch_size
 
     def take(self) -> FrameBatch:
         stack = np.stack(self.frames)
-        y, u, v = self._planes(stack)
-        rgb = self._shrinker_for(stack)(y, u, v)
-        batch = FrameBatch(rgb, np.asarray(self.pts, dtype=np.float64))
+        fmt, rows, cols = self._geometry or ("", 0, 0)
+        planar = fmt.startswith("YUV444")
+        height = rows // 3 if planar else rows * 2 // 3
+        y = stack[:, :height]
+        if planar:
+            u, v = stack[:, height : 2 * height], stack[:, 2 * height :]
+            chroma_hw = (height, cols)
+        else:
+            uv = stack[:, height:].reshape(len(stack), rows - height, cols // 2, 2)
+            u, v = uv[..., 0], uv[..., 1]
+            chroma_hw = (rows - height, cols // 2)
+        if self._shrinker is None or self._shrinker.luma_hw != (height, cols):
+            # 16-bit formats hold the samples in their high bits: read them as 16-bit codes.
+            bits = 8 * stack.dtype.itemsize
+            colour = ColourSpec.from_ffmpeg(*self._colour, bits)
+            self._shrinker = FrameShrinker((height, cols), chroma_hw, self.options.output_hw, colour, self._rotation)
+        batch = FrameBatch(self._shrinker(y, u, v), np.asarray(self.pts, dtype=np.float64))
         self.frames, self.pts = [], []
         return batch
 
-    def _planes(self, stack: NDArray) -> tuple[NDArray, NDArray, NDArray]:
-        h, w = self.height, self.width
-        rows = stack.shape[1]
-        y = stack[:, :h]
-        if rows == 3 * h:  # planar 4:4:4
-            return y, stack[:, h : 2 * h], stack[:, 2 * h :]
-        chroma = stack[:, h:].reshape(stack.shape[0], rows - h, w // 2, 2)  # NV12/P016: interleaved UV
-        return y, chroma[..., 0], chroma[..., 1]
-
-    def _shrinker_for(self, stack: NDArray) -> FrameShrinker:
-        layout = (stack.shape[1], stack.dtype.itemsize)
-        if self._shrinker is None or layout != self._layout:
-            h, w = self.height, self.width
-            rows = stack.shape[1]
-            chroma_hw = (h, w) if rows == 3 * h else (rows - h, w // 2)
-            # P016/YUV444_16Bit hold samples in the high bits: read them as 16-bit codes.
-            bits = 8 * stack.dtype.itemsize
-            self._shrinker = FrameShrinker(
-                (h, w), chroma_hw, self.options.output_hw, ColourSpec.from_ffmpeg(*self._colour, bits), self._rotation
-            )
-            self._layout = layout
-        return self._shrinker
-
 
 def _host_copy(frame: Any) -> NDArray:
+    """Copy a host-memory frame; PyNvVideoCodec reports 16-bit formats with a u1 dtype and sample shape."""
     rows, cols = frame.shape[:2]
-    pitch = frame.strides[0]
-    dtype = np.dtype(frame.dtype)
+    dtype = np.dtype(np.uint16 if frame.format.name in _WIDE_FORMATS else np.uint8)
+    size = frame.framesize()
     pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
-    raw = np.ctypeslib.as_array(pointer, shape=(rows * pitch,))
-    return raw.view(dtype).reshape(rows, pitch // dtype.itemsize)[:, :cols].copy()
+    raw = np.ctypeslib.as_array(pointer, shape=(size,)).view(dtype)
+    return raw.reshape(rows, -1)[:, :cols].copy()

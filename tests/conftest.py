@@ -1,0 +1,28 @@
+"""Shared fixtures: the real-video edge corpus, and skipping ``gpu`` tests on machines without CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from frames_pipeline.samples import make_edge_corpus
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return  # asking the driver costs a subprocess; only pay it when GPU tests were collected
+    from frames_pipeline.decode.cuda import cuda_device_count
+
+    if cuda_device_count() > 0:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (cuda_device_count() == 0)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def edge_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One file per decoder edge case (see ``make_edge_corpus``), built once per test session."""
+    return make_edge_corpus(tmp_path_factory.mktemp("edge_corpus"))
