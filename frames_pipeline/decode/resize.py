@@ -56,15 +56,15 @@ _GROUPS_PER_CELL = 2
 
 
 @lru_cache(maxsize=256)
-def _area_plan(n_in: int, n_out: int, grouped: bool = True) -> tuple[int, NDArray[np.float32]]:
+def _area_plan(n_in: int, n_out: int) -> tuple[int, NDArray[np.float32]]:
     """Group size and weights that area-resample ``n_in`` samples to ``n_out``.
 
-    Samples are first summed in groups of ``group`` (an exact integer box over the big array, the
-    only full-size pass), then a small matrix spreads the group sums over the output cells by their
-    overlap: the exact area average of the piecewise-constant group means. Groups are half an output
-    cell or less, so the extra blur stays under half a cell (none when the ratio is a whole number).
+    Samples are first summed in groups of ``group`` (exact integer boxes over the big array),
+    then a small matrix spreads the group sums over the output cells by their overlap: the exact
+    area average of the piecewise-constant group means. Groups are half an output cell or less,
+    so the extra blur stays under half a cell (none when the ratio is a whole number).
     """
-    group = max(1, n_in // (_GROUPS_PER_CELL * n_out)) if grouped else 1
+    group = max(1, n_in // (_GROUPS_PER_CELL * n_out))
     starts = np.arange(0, n_in, group, dtype=np.float64)
     sizes = np.minimum(starts + group, n_in) - starts
     scale = n_in / n_out
@@ -74,26 +74,32 @@ def _area_plan(n_in: int, n_out: int, grouped: bool = True) -> tuple[int, NDArra
     return group, weights.astype(np.float32)
 
 
-def _group_sums(x: NDArray, axis: int, group: int) -> NDArray:
-    """Sum consecutive runs of ``group`` samples along ``axis`` (the last run may be shorter)."""
+def _row_sums(x: NDArray, group: int) -> NDArray:
+    """Sum runs of ``group`` rows (axis -2); one reshape pass, the fastest way numpy reads a big plane."""
     if group == 1:
         return x
-    n = x.shape[axis]
+    n = x.shape[-2]
     full = (n // group) * group
-    head = x[(slice(None),) * axis + (slice(0, full),)]
-    sums = head.reshape((*head.shape[:axis], full // group, group, *head.shape[axis + 1 :])).sum(
-        axis=axis + 1, dtype=_accumulator(x.dtype, group)
+    head = x[..., :full, :]
+    sums = head.reshape((*head.shape[:-2], full // group, group, head.shape[-1])).sum(
+        axis=-2, dtype=_accumulator(x.dtype, group)
     )
     if full == n:
         return sums
-    tail = x[(slice(None),) * axis + (slice(full, n),)].sum(axis=axis, keepdims=True, dtype=sums.dtype)
-    return np.concatenate([sums, tail], axis=axis)
+    tail = x[..., full:, :].sum(axis=-2, keepdims=True, dtype=sums.dtype)
+    return np.concatenate([sums, tail], axis=-2)
 
 
-def _accumulator(dtype: np.dtype, group: int) -> type[np.number]:
-    if not np.issubdtype(dtype, np.integer):
-        return np.float32
-    peak = group * int(np.iinfo(dtype).max)
+def _column_sums(x: NDArray, group: int) -> NDArray:
+    """Sum runs of ``group`` columns (axis -1); ``reduceat`` handles a shorter last run itself."""
+    if group == 1:
+        return x
+    return np.add.reduceat(x, np.arange(0, x.shape[-1], group), axis=-1, dtype=np.uint32)
+
+
+def _accumulator(dtype: np.dtype, count: int) -> type[np.number]:
+    """The narrowest unsigned type that holds ``count`` samples of ``dtype`` summed."""
+    peak = count * int(np.iinfo(dtype).max)
     return np.uint16 if peak <= np.iinfo(np.uint16).max else np.uint32
 
 
@@ -136,15 +142,22 @@ class FrameShrinker:
 
 
 class _PlanePlan:
+    """Row groups and weights for one plane size; the heavy pass is integer, the matrices tiny.
+
+    Keeping every matrix product small matters: a large one would wake the BLAS thread pool,
+    whose spinning threads take the cores the video decoder needs.
+    """
+
     def __init__(self, in_hw: tuple[int, int], out_h: int, out_w: int) -> None:
         self.in_hw = in_hw
         self.rows_group, self.rows_weights = _area_plan(in_hw[0], out_h)
-        self.cols_weights_t = np.ascontiguousarray(_area_plan(in_hw[1], out_w, grouped=False)[1].T)
+        self.cols_group, cols_weights = _area_plan(in_hw[1], out_w)
+        self.cols_weights_t = np.ascontiguousarray(cols_weights.T)
 
     def reduce(self, plane: NDArray) -> NDArray:
         if plane.shape[-2:] != self.in_hw:
             raise ValueError(f"plane is {plane.shape[-2:]}, expected {self.in_hw}")
-        return _group_sums(plane, plane.ndim - 2, self.rows_group)
+        return _column_sums(_row_sums(plane, self.rows_group), self.cols_group)
 
     def finish(self, sums: NDArray) -> NDArray[np.float32]:
         return self.rows_weights @ sums.astype(np.float32) @ self.cols_weights_t
