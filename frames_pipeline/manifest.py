@@ -1,0 +1,280 @@
+"""Read and validate video manifests, make video ids safe, and cut manifests into shards.
+
+A manifest is a CSV, Parquet or JSON Lines file with one video per row: ``path`` is required
+(relative paths resolve against the manifest's folder), ``video_id`` is optional (derived from the
+file name when absent), and every other column is carried through. Row numbers in errors are
+1-based data rows (the CSV header is not a row).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
+DEFAULT_SHARD_SIZE = 100
+# Columns the pipeline adds; a manifest may not bring its own under these names.
+RESERVED_COLUMNS = frozenset({"manifest_row"})
+RESERVED_PREFIX = "probe_"
+# A manifest stem becomes part of partition keys and folder names: keep it plain.
+_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SHARD_KEY = re.compile(r"(?P<stem>.+)-(?P<index>\d{5})")
+# Ids longer than this (in UTF-8 bytes) are cut and given a hash, so `<id>.pts.npy` and the
+# writer's temporary names stay well under the 255-byte file-name limit.
+_MAX_ID_BYTES = 100
+# The duplicate marker is a character safe_video_id never emits, so a suffixed id cannot collide
+# with another row's id.
+_DUP_MARK = "~"
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """One thing wrong with a manifest; ``row`` and ``column`` are None when they do not apply."""
+
+    row: int | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = [f"row {self.row}" if self.row is not None else "", f"column {self.column!r}" if self.column else ""]
+        prefix = ", ".join(part for part in where if part)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ManifestError(Exception):
+    """A manifest cannot be used. ``file``, ``row`` and ``column`` locate the first problem;
+    ``problems`` lists them all, so one run shows every bad row."""
+
+    def __init__(self, file: str | os.PathLike[str], problems: Sequence[ManifestProblem]) -> None:
+        self.file = str(file)
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        self.row, self.column = first.row, first.column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        shown = "; ".join(str(p) for p in self.problems[:10])
+        more = f" (and {len(self.problems) - 10} more)" if len(self.problems) > 10 else ""
+        return f"{self.file}: {shown}{more}"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One validated video: ``path`` is absolute, ``video_id`` is safe and unique in the manifest."""
+
+    row: int
+    video_id: str
+    path: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"manifest_row": self.row, "video_id": self.video_id, "path": self.path, **self.extra}
+
+
+def safe_video_id(raw: str) -> str:
+    """A file-name-safe form of ``raw``: letters, digits, ``.``, ``_`` and ``-`` only (Unicode letters
+    kept, NFC-normalised); no separators, control characters, ``..`` or leading dot; at most 100 bytes.
+    Undecodable bytes (surrogate-escaped) become ``_``."""
+    text = unicodedata.normalize("NFC", raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"_+", "_", cleaned)).lstrip(".") or "video"
+    if len(cleaned.encode()) > _MAX_ID_BYTES:
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        cleaned = cleaned.encode()[: _MAX_ID_BYTES - 11].decode("utf-8", "ignore") + "-" + digest
+    return cleaned
+
+
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """Give repeated ids (compared case-insensitively, as macOS and Windows file systems do) the
+    suffix ``~2``, ``~3``, ... in row order; the first occurrence keeps its id."""
+    seen: dict[str, int] = {}
+    result = []
+    for video_id in ids:
+        key = video_id.casefold()
+        seen[key] = seen.get(key, 0) + 1
+        result.append(video_id if seen[key] == 1 else f"{video_id}{_DUP_MARK}{seen[key]}")
+    return result
+
+
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes: what tells a changed manifest from an unchanged one."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_manifests(folder: str | os.PathLike[str]) -> list[Path]:
+    """Manifest files directly in ``folder`` (hidden files and other suffixes ignored), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in MANIFEST_SUFFIXES
+    )
+
+
+def manifest_for_stem(folder: str | os.PathLike[str], stem: str) -> Path:
+    """The one manifest file in ``folder`` whose stem is ``stem``."""
+    matches = [p for p in find_manifests(folder) if p.stem == stem]
+    if len(matches) != 1:
+        what = "no manifest" if not matches else f"several manifests ({', '.join(p.name for p in matches)})"
+        raise ManifestError(Path(folder) / stem, [ManifestProblem(None, None, f"{what} with stem {stem!r}")])
+    return matches[0]
+
+
+def shard_key(stem: str, index: int) -> str:
+    """Partition key of shard ``index`` of manifest ``stem``: ``<stem>-<5-digit index>``."""
+    return f"{stem}-{index:05d}"
+
+
+def parse_shard_key(key: str) -> tuple[str, int]:
+    """(manifest stem, shard index) of a shard key."""
+    match = _SHARD_KEY.fullmatch(key)
+    if not match:
+        raise ValueError(f"{key!r} is not a shard key (<manifest stem>-<5 digits>)")
+    return match["stem"], int(match["index"])
+
+
+def shard_count(num_rows: int, shard_size: int) -> int:
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    return math.ceil(num_rows / shard_size)
+
+
+def shard_keys(manifest: str | os.PathLike[str], shard_size: int = DEFAULT_SHARD_SIZE) -> list[str]:
+    """Keys of every shard of a manifest file (validates the whole manifest)."""
+    path = Path(manifest)
+    return [shard_key(path.stem, i) for i in range(shard_count(len(read_manifest(path)), shard_size))]
+
+
+def shard_rows(rows: Sequence[ManifestRow], index: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[ManifestRow]:
+    """Rows of shard ``index``: consecutive slices of ``shard_size`` rows in manifest order."""
+    return list(rows[index * shard_size : (index + 1) * shard_size])
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
+    """Validate a manifest and return its rows; raises ManifestError listing every problem."""
+    file = Path(path)
+    problems: list[ManifestProblem] = []
+    if not _STEM.fullmatch(file.stem) or ".." in file.stem:
+        problems.append(ManifestProblem(None, None, "the file stem must match [A-Za-z0-9][A-Za-z0-9_.-]*, no '..'"))
+    try:
+        columns, records = _read_records(file)
+    except (OSError, ValueError, csv.Error) as exc:  # unreadable or not the format its suffix says
+        raise ManifestError(file, [ManifestProblem(None, None, f"cannot read: {exc}")]) from None
+    if "path" not in columns:
+        problems.append(ManifestProblem(None, "path", "required column is missing"))
+    problems += [
+        ManifestProblem(None, name, "column name is reserved for the pipeline")
+        for name in columns
+        if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIX)
+    ]
+    if problems:
+        raise ManifestError(file, problems)
+    rows: list[tuple[int, str, str, dict[str, Any]]] = []
+    for number, record in enumerate(records, start=1):
+        row = _validate_record(number, record, file.parent.absolute(), problems)
+        if row is not None:
+            rows.append(row)
+    if problems:
+        raise ManifestError(file, problems)
+    ids = unique_ids([safe_video_id(raw_id) for _, raw_id, _, _ in rows])
+    return [ManifestRow(n, vid, p, extra) for (n, _, p, extra), vid in zip(rows, ids, strict=True)]
+
+
+def _validate_record(
+    number: int, record: Mapping[str, Any], base: Path, problems: list[ManifestProblem]
+) -> tuple[int, str, str, dict[str, Any]] | None:
+    """(row, raw id, absolute path, extra columns) of one record, or None after adding its problems."""
+    raw_path = _text(record.get("path"))
+    if raw_path is None:
+        problems.append(ManifestProblem(number, "path", "empty or not text"))
+        return None
+    if "\x00" in raw_path or _has_surrogates(raw_path):
+        problems.append(ManifestProblem(number, "path", "contains a NUL byte or is not valid UTF-8"))
+        return None
+    raw_id = record.get("video_id")
+    if _missing(raw_id):
+        raw_id = Path(raw_path).stem
+    elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        problems.append(ManifestProblem(number, "video_id", f"must be text or an integer, got {raw_id!r}"))
+        return None
+    resolved = os.path.normpath(base / raw_path)  # an absolute raw_path replaces base
+    extra = {k: _clean_value(v) for k, v in record.items() if k not in ("path", "video_id")}
+    return number, str(raw_id), resolved, extra
+
+
+def _read_records(file: Path) -> tuple[list[str], list[Mapping[str, Any]]]:
+    """Column names and records of a manifest file, by suffix."""
+    if file.suffix == ".csv":
+        # surrogateescape: a stray non-UTF-8 byte is reported on its row, not as an unreadable file.
+        with open(file, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+            reader = csv.DictReader(fh, restkey="\x00extra")
+            records = list(reader)
+            columns = [c.strip() for c in reader.fieldnames or []]
+        bad = next((i for i, r in enumerate(records, start=1) if "\x00extra" in r), None)
+        if bad is not None:
+            raise ManifestError(file, [ManifestProblem(bad, None, "more fields than the header has columns")])
+        # Blank CSV cells mean "no value", as they do in Parquet and JSON Lines.
+        records = [{k.strip(): (v if v not in ("", None) else None) for k, v in r.items()} for r in records]
+        return columns, records
+    if file.suffix == ".parquet":
+        table = pq.read_table(file)
+        return list(table.column_names), table.to_pylist()
+    if file.suffix in (".jsonl", ".ndjson"):
+        return _read_json_lines(file)
+    raise ValueError(f"unsupported manifest type {file.suffix!r}; use one of {', '.join(MANIFEST_SUFFIXES)}")
+
+
+def _read_json_lines(file: Path) -> tuple[list[str], list[Mapping[str, Any]]]:
+    columns: dict[str, None] = {}
+    records: list[Mapping[str, Any]] = []
+    problems: list[ManifestProblem] = []
+    with open(file, encoding="utf-8-sig", errors="surrogateescape") as fh:
+        lines = [line for line in fh if line.strip()]
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(ManifestProblem(number, None, f"not valid JSON: {exc.msg}"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(ManifestProblem(number, None, "each line must be a JSON object"))
+            continue
+        columns.update(dict.fromkeys(record))
+        records.append(record)
+    if problems:
+        raise ManifestError(file, problems)
+    return list(columns), records
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value)
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _clean_value(value: Any) -> Any:
+    """Carried-through values must survive Parquet and the UI: undecodable bytes become U+FFFD."""
+    if isinstance(value, str) and _has_surrogates(value):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value

@@ -1,0 +1,79 @@
+"""Resources: the frame decoder (worker processes for one step) and the data root settings."""
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from .decode import DecodeOptions
+from .decode.workers import DecoderPool, VideoJob, VideoOutcome
+from .manifest import DEFAULT_SHARD_SIZE
+from .store import FramesStore, default_data_root
+
+
+class FrameDecoderResource(dg.ConfigurableResource):
+    """Decoder worker processes, started once per step and reused for every video of the shard."""
+
+    decoder_mode: str = Field(default="auto", description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu")
+    gpu_id: int = Field(default=0, description="CUDA device for the GPU modes")
+    output_hw: list[int] = Field(default=[27, 48], description="output (height, width)")
+    pyncv_batch_size: int = Field(default=64, description="frames per PyNvVideoCodec batch")
+    workers: int = Field(default=2, description="videos decoded in parallel (one process each)")
+    timeout_s: float = Field(default=600.0, description="per-video time limit in seconds")
+    ffmpeg_binary: str | None = Field(default=None, description="ffmpeg for ffmpeg_gpu (default: bundled)")
+
+    _pool: DecoderPool | None = PrivateAttr(default=None)
+
+    def decode_options(self) -> DecodeOptions:
+        """The engine's options for this configuration; raises ValueError on a bad mode or size."""
+        if len(self.output_hw) != 2:
+            raise ValueError(f"output_hw must be [height, width], got {self.output_hw!r}")
+        return DecodeOptions(
+            output_hw=(self.output_hw[0], self.output_hw[1]),
+            mode=self.decoder_mode,
+            gpu_id=self.gpu_id,
+            batch_size=self.pyncv_batch_size,
+            timeout_s=self.timeout_s,
+            ffmpeg_binary=self.ffmpeg_binary,
+        )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._pool = DecoderPool(self.decode_options(), workers=self.workers).start()
+        if context.log is not None:
+            context.log.info(f"decoder: {self.workers} worker(s), mode {self.decoder_mode} -> {self.effective_mode}")
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @property
+    def effective_mode(self) -> str:
+        """What ``decoder_mode`` resolves to on this host ("auto" becomes a concrete mode)."""
+        return self._started_pool().effective_mode
+
+    def decode(self, jobs: Iterable[VideoJob]) -> Iterator[VideoOutcome]:
+        """Decode ``jobs`` in the worker processes; yields outcomes in completion order."""
+        return self._started_pool().run(jobs)
+
+    def _started_pool(self) -> DecoderPool:
+        if self._pool is None:
+            raise RuntimeError("FrameDecoderResource is used outside a step (setup_for_execution did not run)")
+        return self._pool
+
+
+class FramesDataResource(dg.ConfigurableResource):
+    """Where manifests and frames live, and how many videos make a shard."""
+
+    data_root: str = Field(
+        default_factory=lambda: str(default_data_root().resolve()),
+        description="holds manifests/ and frames/ (default: $FRAMES_PIPELINE_DATA or ./data)",
+    )
+    shard_size: int = Field(
+        default=DEFAULT_SHARD_SIZE, gt=0, description="videos per shard; changing it re-keys shards"
+    )
+
+    @property
+    def store(self) -> FramesStore:
+        return FramesStore(Path(self.data_root))

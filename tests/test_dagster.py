@@ -1,0 +1,244 @@
+"""The code location on real tiny videos: shard runs, checks, sensor, schedule and summary."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from frames_pipeline.assets import frames_summary, video_frames, video_manifest
+from frames_pipeline.automation import manifest_sensor, pending_shards_schedule
+from frames_pipeline.definitions import defs
+from frames_pipeline.manifest import file_hash
+from frames_pipeline.partitions import video_shards
+from frames_pipeline.resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.samples import write_video
+
+CLIPS = {"v0": 6, "v1": 7, "v2": 8, "v3": 5}  # name -> frame count
+SHARD_SIZE = 2
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """Four tiny H.264 clips, one garbage file, and ``manifests/clips.csv`` listing v0, v1, v2, bad."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name, frames in CLIPS.items():
+        write_video(videos / f"{name}.mp4", frames, size=(32, 48))
+    (videos / "bad.mp4").write_bytes(b"\x00not a video" * 64)
+    write_manifest(tmp_path, "clips", ["v0.mp4", "v1.mp4", "v2.mp4", "bad.mp4"])
+    return tmp_path
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def write_manifest(root: Path, stem: str, files: list[str]) -> Path:
+    path = root / "manifests" / f"{stem}.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("path,label\n" + "".join(f"../videos/{f},{i}\n" for i, f in enumerate(files)))
+    return path
+
+
+def resources(root: Path) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "frames_data": FramesDataResource(data_root=str(root), shard_size=SHARD_SIZE),
+        "frame_decoder": FrameDecoderResource(workers=1, decoder_mode="auto"),
+    }
+
+
+def run_shard(instance: dg.DagsterInstance, root: Path, key: str) -> dg.ExecuteInProcessResult:
+    instance.add_dynamic_partitions(video_shards.name, [key])
+    return dg.materialize(
+        [video_manifest, video_frames],
+        partition_key=key,
+        instance=instance,
+        resources=resources(root),
+        raise_on_error=False,
+    )
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "video_manifest",
+        "video_frames",
+        "frames_summary",
+    }
+    frames = defs.resolve_assets_def("video_frames")
+    assert frames.partitions_def == video_shards
+    assert frames.op.pool == "gpu"
+    assert frames.op.retry_policy is not None
+    specs = {spec.name: spec.blocking for spec in frames.check_specs}
+    assert specs == {"frame_counts_match_probe": False, "arrays_well_formed": True, "failed_ratio": True}
+    assert set(defs.resources) == {"frame_decoder", "frames_data"}
+    assert defs.resolve_sensor_def("manifest_sensor")
+    assert defs.resolve_schedule_def("pending_shards_schedule").cron_schedule == "0 * * * *"
+
+
+def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: dg.DagsterInstance) -> None:
+    result = run_shard(instance, data_root, "clips-00001")  # v2 and the garbage file
+    assert result.success
+    assert check_results(result) == {"frame_counts_match_probe": True, "arrays_well_formed": True, "failed_ratio": True}
+
+    shard = data_root / "frames" / "clips-00001"
+    assert sorted(p.name for p in shard.iterdir()) == ["index.parquet", "v2.npy", "v2.pts.npy"]
+    frames = np.load(shard / "v2.npy")
+    assert frames.shape == (CLIPS["v2"], 27, 48, 3) and frames.dtype == np.uint8
+    assert np.load(shard / "v2.pts.npy").shape == (CLIPS["v2"],)
+    assert not [p for p in (data_root / "frames").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+    index = pd.read_parquet(shard / "index.parquet").set_index("video_id")
+    assert index.loc["v2", ["status", "num_frames", "expected_frames", "height", "width"]].tolist() == [
+        "ok",
+        CLIPS["v2"],
+        CLIPS["v2"],
+        27,
+        48,
+    ]
+    assert index.loc["v2", "decode_mode"] in ("pynvc", "ffmpeg_gpu", "ffmpeg_cpu")
+    assert index.loc["bad", "status"] == "failed"
+    assert index.loc["bad", "error_reason"] in ("not_a_video", "corrupt")
+    assert index.loc["bad", "error"]
+    assert index["manifest_row"].tolist() == [3, 4]
+
+    manifest = result.output_for_node("video_manifest")
+    assert manifest.table["label"].tolist() == ["2", "3"]  # extra columns carried through
+    assert manifest.table["probe_status"].tolist() == ["ok", "failed"]
+
+    metadata = result.asset_materializations_for_node("video_frames")[0].metadata
+    values = {k: v.value for k, v in metadata.items()}
+    assert (values["num_videos"], values["num_ok"], values["num_failed"]) == (2, 1, 1)
+    assert values["frame_count"] == CLIPS["v2"]
+    assert isinstance(values["frame_count"], int) and isinstance(values["decode_fps"], float)
+    assert sum(values["decode_mode"].values()) == 1
+    assert values["output_hw"] == [27, 48]
+    assert values["path"] == str(shard)
+    assert values["manifest_hash"] == file_hash(data_root / "manifests" / "clips.csv")
+    assert len(values["videos"].records) == 2
+
+
+def test_bad_shard_is_not_published(data_root: Path, instance: dg.DagsterInstance) -> None:
+    write_manifest(data_root, "broken", ["bad.mp4", "missing.mp4"])
+    result = run_shard(instance, data_root, "broken-00000")
+    assert not result.success
+    assert check_results(result)["failed_ratio"] is False
+    failure = result.failure_data_for_node("video_frames")
+    assert failure is not None and "not published" in str(failure.error)
+    assert sorted(p.name for p in (data_root / "frames").iterdir()) == [".broken-00000.lock"]
+    assert instance.get_materialized_partitions(video_frames.key) == set()
+
+
+def test_sensor_registers_shards_and_reruns_changed_manifests(data_root: Path, instance: dg.DagsterInstance) -> None:
+    res = {"frames_data": resources(data_root)["frames_data"]}
+    manifest = data_root / "manifests" / "clips.csv"
+
+    def tick(cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+        result = manifest_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+        if isinstance(result, dg.SensorResult):
+            for request in result.dynamic_partitions_requests:
+                if isinstance(request, dg.AddDynamicPartitionsRequest):
+                    instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+                else:
+                    for key in request.partition_keys:
+                        instance.delete_dynamic_partition(request.partitions_def_name, key)
+        return result
+
+    first = tick(None)
+    assert isinstance(first, dg.SensorResult)
+    digest = file_hash(manifest)[:16]
+    assert [(r.partition_key, r.run_key) for r in first.run_requests] == [
+        ("clips-00000", f"clips-00000:{digest}"),
+        ("clips-00001", f"clips-00001:{digest}"),
+    ]
+    assert sorted(instance.get_dynamic_partitions(video_shards.name)) == ["clips-00000", "clips-00001"]
+    assert isinstance(tick(first.cursor), dg.SkipReason)
+
+    # A shard materialized from this manifest version is not requested again, even with a lost cursor.
+    assert run_shard(instance, data_root, "clips-00000").success
+    fresh = tick(None)
+    assert isinstance(fresh, dg.SensorResult)
+    assert [r.partition_key for r in fresh.run_requests] == ["clips-00001"]
+
+    # A changed manifest re-runs all its shards under new run keys and registers the new one.
+    write_manifest(data_root, "clips", ["v0.mp4", "v1.mp4", "v2.mp4", "bad.mp4", "v3.mp4"])
+    changed = tick(fresh.cursor)
+    assert isinstance(changed, dg.SensorResult)
+    new_digest = file_hash(manifest)[:16]
+    assert [r.run_key for r in changed.run_requests] == [f"clips-0000{i}:{new_digest}" for i in range(3)]
+    assert changed.dynamic_partitions_requests[0].partition_keys == ["clips-00002"]
+
+    # A shrunk manifest drops the shards it no longer has.
+    write_manifest(data_root, "clips", ["v0.mp4"])
+    shrunk = tick(changed.cursor)
+    assert isinstance(shrunk, dg.SensorResult)
+    assert [r.partition_key for r in shrunk.run_requests] == ["clips-00000"]
+    assert instance.get_dynamic_partitions(video_shards.name) == ["clips-00000"]
+
+
+def test_manifest_with_a_bad_row(data_root: Path, instance: dg.DagsterInstance) -> None:
+    (data_root / "manifests" / "clips.csv").write_text("path,label\n../videos/v0.mp4,a\n,b\n")
+    context = dg.build_sensor_context(instance=instance, resources={"frames_data": resources(data_root)["frames_data"]})
+    result = manifest_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    assert "clips.csv" in result.cursor  # not re-read until the file changes
+
+    # A shard registered before the manifest went bad fails in video_manifest, naming file, row and column.
+    run = run_shard(instance, data_root, "clips-00000")
+    assert not run.success
+    failure = run.failure_data_for_node("video_manifest")
+    assert failure is not None and "clips.csv: row 2, column 'path'" in str(failure.error)
+    assert not (data_root / "frames" / "clips-00000").exists()
+
+
+def test_schedule_requests_shards_without_an_up_to_date_materialization(
+    data_root: Path, instance: dg.DagsterInstance
+) -> None:
+    instance.add_dynamic_partitions(video_shards.name, ["clips-00000", "clips-00001", "added-by-hand"])
+    res = {"frames_data": resources(data_root)["frames_data"]}
+
+    def pending() -> list[str]:
+        result = pending_shards_schedule(dg.build_schedule_context(instance=instance, resources=res))
+        return [] if isinstance(result, dg.SkipReason) else [r.partition_key for r in result]
+
+    assert pending() == ["clips-00000", "clips-00001"]  # never materialized
+    assert run_shard(instance, data_root, "clips-00000").success
+    assert pending() == ["clips-00001"]
+    assert run_shard(instance, data_root, "clips-00001").success
+    assert pending() == []
+    (data_root / "frames" / "clips-00001" / "index.parquet").unlink()  # output lost on disk
+    assert pending() == ["clips-00001"]
+    with open(data_root / "manifests" / "clips.csv", "a") as fh:
+        fh.write("../videos/v3.mp4,9\n")  # manifest changed since the last materializations
+    assert pending() == ["clips-00000", "clips-00001"]
+
+
+def test_frames_summary_totals(data_root: Path, instance: dg.DagsterInstance) -> None:
+    assert run_shard(instance, data_root, "clips-00001").success
+    instance.add_dynamic_partitions(video_shards.name, ["clips-00000"])  # registered, never run
+    result = dg.materialize([frames_summary], instance=instance, resources=resources(data_root))
+    values = {k: v.value for k, v in result.asset_materializations_for_node("frames_summary")[0].metadata.items()}
+    assert (values["num_shards"], values["num_shards_published"]) == (2, 1)
+    assert (values["num_videos"], values["num_ok"], values["num_failed"]) == (2, 1, 1)
+    assert values["frame_count"] == CLIPS["v2"]
+    assert sum(values["failures"].values()) == 1
+
+
+def test_decoder_resource_knows_its_effective_mode() -> None:
+    decoder = FrameDecoderResource(workers=1, output_hw=[18, 32])
+    with dg.build_resources({"frame_decoder": decoder}) as built:
+        assert built.frame_decoder.effective_mode in ("pynvc", "ffmpeg_gpu", "ffmpeg_cpu")
+        assert built.frame_decoder.decode_options().output_hw == (18, 32)
+    with pytest.raises(ValueError, match="unknown decode mode"):
+        FrameDecoderResource(decoder_mode="gpu").decode_options()

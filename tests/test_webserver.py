@@ -1,0 +1,149 @@
+"""Smoke test: the webserver loads workspace.yaml and runs one shard launched through GraphQL."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from frames_pipeline.samples import write_video
+
+REPO = Path(__file__).resolve().parent.parent
+SHARD = "smoke-00000"
+
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+    ... on PipelineNotFoundError { message }
+  }
+}
+"""
+STATUS = """
+query Status($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status } }
+}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(url: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def graphql(base: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    answer = request(f"{base}/graphql", {"query": query, "variables": variables})
+    assert "errors" not in answer, answer
+    return answer["data"]
+
+
+@pytest.fixture
+def webserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """A webserver on 127.0.0.1 with its own DAGSTER_HOME and a data root holding one tiny manifest."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    for folder in (home, data / "videos", data / "manifests"):
+        folder.mkdir(parents=True)
+    # The repo's instance config, with runs launched at once: the queued coordinator needs the daemon.
+    config = (REPO / "dagster.yaml").read_text()
+    config += "\nrun_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+    (home / "dagster.yaml").write_text(config)
+    for name in ("a", "b"):
+        write_video(data / "videos" / f"{name}.mp4", 5, size=(32, 48))
+    (data / "manifests" / "smoke.csv").write_text("path\n../videos/a.mp4\n../videos/b.mp4\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("FRAMES_PIPELINE_DATA", str(data))
+
+    port = free_port()
+    executable = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent))
+    assert executable, "dagster-webserver is not installed next to this Python"
+    log = open(tmp_path / "webserver.log", "wb")  # noqa: SIM115 - closed in teardown
+    process = subprocess.Popen(
+        [executable, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the code server and run workers stop with it
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, (tmp_path / "webserver.log").read_text()
+            try:
+                request(f"{base}/server_info")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "webserver did not start in 180 s"
+                time.sleep(1)
+        yield base, data
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # stragglers of the group: code server, run workers
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            log.close()
+
+
+@pytest.mark.slow
+def test_partition_run_through_graphql(webserver: tuple[str, Path]) -> None:
+    base, data = webserver
+    dg.DagsterInstance.get().add_dynamic_partitions("video_shards", [SHARD])  # same DAGSTER_HOME as the server
+
+    params = {
+        "selector": {
+            "repositoryLocationName": "frames_pipeline",
+            "repositoryName": "__repository__",
+            "jobName": "shard_job",
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": SHARD}]},
+    }
+    launched = graphql(base, LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+
+    deadline = time.monotonic() + 300
+    status = ""
+    while status not in ("SUCCESS", "FAILURE", "CANCELED"):
+        assert time.monotonic() < deadline, f"run {run_id} still {status} after 300 s"
+        time.sleep(2)
+        status = graphql(base, STATUS, {"runId": run_id})["runOrError"]["status"]
+    assert status == "SUCCESS"
+
+    shard = data / "frames" / SHARD
+    assert sorted(p.name for p in shard.iterdir()) == [
+        "a.npy",
+        "a.pts.npy",
+        "b.npy",
+        "b.pts.npy",
+        "index.parquet",
+    ]
+    assert np.load(shard / "a.npy").shape == (5, 27, 48, 3)
