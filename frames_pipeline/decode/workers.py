@@ -25,7 +25,8 @@ from .writer import remove_partials
 
 # Math libraries spin threads of their own; in workers they would only compete with the decoder's.
 _WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# The in-worker deadline fires first with a clean error; this margin covers probe and start-up.
+# The in-worker deadline fires first with a clean error; this margin covers probe and start-up,
+# and past it a silent worker is killed.
 _HARD_DEADLINE_MARGIN_S = 30.0
 
 
@@ -173,12 +174,19 @@ class DecoderPool:
     ``worker_crashed``.
     """
 
-    def __init__(self, options: DecodeOptions | None = None, workers: int = 1, retries: int = 1) -> None:
+    def __init__(
+        self,
+        options: DecodeOptions | None = None,
+        workers: int = 1,
+        retries: int = 1,
+        grace_s: float = _HARD_DEADLINE_MARGIN_S,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.options = options or DecodeOptions()
         self.workers = workers
         self.retries = retries
+        self.grace_s = grace_s
         self.effective_mode, self.mode_reason = preferred_mode(self.options)
         if self.options.threads == 0:
             per_worker = max(1, (os.cpu_count() or 1) // workers)
@@ -204,7 +212,7 @@ class DecoderPool:
 
     @property
     def _hard_limit_s(self) -> float:
-        return self.options.timeout_s * 1.25 + _HARD_DEADLINE_MARGIN_S
+        return self.options.timeout_s * 1.25 + self.grace_s
 
     def run(self, jobs: Iterable[VideoJob]) -> Iterator[VideoOutcome]:
         """Decode ``jobs``; yields outcomes as videos finish."""
@@ -212,27 +220,31 @@ class DecoderPool:
         queue: deque[tuple[VideoJob, str, int, str | None]] = deque((job, self.options.mode, 0, None) for job in jobs)
         idle = list(self._pool)
         busy: list[_Worker] = []
-        while queue or busy:
-            while queue and idle:
-                worker = idle.pop()
-                worker.assign(*queue.popleft(), hard_s=self._hard_limit_s)
-                busy.append(worker)
-            now = time.monotonic()
-            timeout = max(0.0, min(w.deadline for w in busy) - now)
-            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout))
-            for worker in list(busy):
-                outcome, retry = self._settle(worker, ready)
-                if outcome is None and retry is None:
-                    continue
-                busy.remove(worker)
-                if worker.process.is_alive():
-                    idle.append(worker)
-                else:
-                    idle.append(self._replace(worker))
-                if retry is not None:
-                    queue.appendleft(retry)
-                if outcome is not None:
-                    yield outcome
+        try:
+            while queue or busy:
+                while queue and idle:
+                    worker = idle.pop()
+                    worker.assign(*queue.popleft(), hard_s=self._hard_limit_s)
+                    busy.append(worker)
+                timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout))
+                for worker in list(busy):
+                    outcome, retry = self._settle(worker, ready)
+                    if outcome is None and retry is None:
+                        continue
+                    busy.remove(worker)
+                    idle.append(worker if worker.process.is_alive() else self._replace(worker))
+                    if retry is not None:
+                        queue.appendleft(retry)
+                    if outcome is not None:
+                        yield outcome
+        finally:
+            # Left early (an exception, or the caller stopped reading): a busy worker's late reply
+            # would be taken for the next job's, so those workers are replaced now.
+            for worker in busy:
+                worker.stop(kill=True)
+                _remove_partials(worker.job)
+                self._replace(worker)
 
     def _settle(
         self, worker: _Worker, ready: set[Any]
