@@ -72,9 +72,12 @@ class FFmpegGPUBackend:
     def command(self, info: VideoInfo, options: DecodeOptions) -> tuple[list[str], tuple[int, int], str]:
         """The ffmpeg argument list, the (height, width) it outputs and its pixel format."""
         inter_h, inter_w = intermediate_size(info, options.output_hw)
-        scale = f"scale_cuda={inter_w}:{inter_h}:interp_algo=lanczos"
+        if inter_h < info.height and inter_w < info.width:
+            steps = [f"scale_cuda={inter_w}:{inter_h}:interp_algo=lanczos"]
+        else:  # scale_cuda writes black when a side keeps its size (ffmpeg 9, H100): download as is
+            steps, inter_h, inter_w = [], info.height, info.width
         pix_fmt = _DOWNLOAD[(info.chroma, info.bit_depth > 8)]
-        chain = ",".join([scale, "hwdownload", f"format={pix_fmt}", "showinfo"])
+        chain = ",".join([*steps, "hwdownload", f"format={pix_fmt}", "showinfo"])
         args = [
             self.binary, "-nostdin", "-hide_banner", "-loglevel", "info",
             "-protocol_whitelist", "file",
