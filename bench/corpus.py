@@ -28,6 +28,7 @@ FULL: tuple[ClipSpec, ...] = (
     ClipSpec("h264_720p", "libx264", 720, 1280, 600),
     ClipSpec("hevc_1080p", "libx265", 1080, 1920, 600),
     ClipSpec("short_360p", "libx264", 360, 640, 60, count=200),
+    ClipSpec("steady_360p", "libx264", 360, 640, 1200),
     ClipSpec("long_360p", "libx264", 360, 640, 18000),
 )
 # Same shapes, a fraction of the work: for trying the harness, not for figures.
@@ -36,6 +37,7 @@ QUICK: tuple[ClipSpec, ...] = (
     ClipSpec("h264_720p", "libx264", 720, 1280, 60),
     ClipSpec("hevc_1080p", "libx265", 1080, 1920, 60),
     ClipSpec("short_360p", "libx264", 360, 640, 30, count=10),
+    ClipSpec("steady_360p", "libx264", 360, 640, 300),
     ClipSpec("long_360p", "libx264", 360, 640, 900),
 )
 

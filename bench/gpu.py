@@ -26,7 +26,8 @@ from frames_pipeline.decode.workers import DecoderPool, VideoJob
 
 from .corpus import FULL, QUICK, build
 
-STREAMS = (1, 7, 14, 21)
+STREAMS = (1, 7, 21)
+CLIPS = ("h264_1080p", "hevc_1080p")
 
 
 def nemo_style_decode(path: str, output_hw: tuple[int, int] = (27, 48), batch: int = 64) -> int:
@@ -85,6 +86,20 @@ def run_ours(mode: str, paths: list[str], streams: int, scratch: Path) -> dict[s
     }
 
 
+def startup(short: list[str], steady: str, scratch: Path) -> dict[str, float]:
+    """Per-video cost beyond decoding: many short clips on one stream against one long clip's steady rate."""
+    clips = run_ours("pynvc", short, 1, scratch)
+    rate = run_ours("pynvc", [steady], 1, scratch)["fps"]
+    per_video = clips["seconds"] / len(short)
+    return {
+        "videos": len(short),
+        "per_video_s": per_video,
+        "overhead_ms": 1000 * (per_video - clips["frames"] / len(short) / rate),
+        "videos_per_s": len(short) / clips["seconds"],
+        "steady_fps": rate,
+    }
+
+
 def agreement(path: str) -> dict[str, Any]:
     reference = extract_frames(path, mode="ffmpeg_cpu").frames
     rows = {}
@@ -102,17 +117,22 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=Path("bench/corpus"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--streams", default=",".join(map(str, STREAMS)))
+    parser.add_argument("--clips", default=",".join(CLIPS), help="clip sets for agreement and throughput")
+    parser.add_argument("--no-startup", action="store_true", help="skip the short-clip start-up measurement")
     args = parser.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
-    wanted = ("h264_1080p", "hevc_1080p", "short_360p")
+    clips = args.clips.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = (args.out / "gpu-rows.jsonl").open("a")  # every row as it finishes: a cut-off run keeps what it measured
+    wanted = (*clips, *(() if args.no_startup else ("short_360p", "steady_360p")))
     corpus = build(args.corpus, tuple(s for s in (QUICK if args.quick else FULL) if s.name in wanted))
     results: dict[str, Any] = {"agreement": {}, "throughput": [], "startup": {}}
-    for name in ("h264_1080p", "hevc_1080p"):
+    for name in clips:
         results["agreement"][name] = agreement(str(corpus[name][0]))
-        print(name, results["agreement"][name], flush=True)
+        print(json.dumps({"agreement": name, **results["agreement"][name]}), file=log, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        for name in ("h264_1080p", "hevc_1080p"):
+        for name in clips:
             paths = [str(corpus[name][0])] * 2  # two videos per stream: the second reuses the decoder
             for n in streams:
                 row = {"clip": name, "streams": n, "nemo": run_nemo(paths, n)}
@@ -120,20 +140,11 @@ def main() -> None:
                     row[mode] = run_ours(mode, paths, n, scratch)
                     row[mode]["vs_nemo"] = row[mode]["fps"] / row["nemo"]["fps"]
                 results["throughput"].append(row)
-                print(json.dumps(row), flush=True)
-        short = [str(p) for p in corpus["short_360p"]]
-        one = run_ours("pynvc", short, 1, scratch)
-        steady = run_ours("pynvc", [str(corpus["h264_1080p"][0])], 1, scratch)
-        frames_per_clip = one["frames"] / len(short)
-        # What a short clip costs beyond decoding its frames at the steady single-stream rate.
-        results["startup"] = {
-            "videos": len(short),
-            "per_video_s": one["seconds"] / len(short),
-            "overhead_ms": 1000 * (one["seconds"] / len(short) - frames_per_clip / steady["fps"]),
-            "videos_per_s": len(short) / one["seconds"],
-        }
-        print("startup", results["startup"], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+                print(json.dumps(row), file=log, flush=True)
+        if not args.no_startup:
+            results["startup"] = startup([str(p) for p in corpus["short_360p"]], str(corpus["steady_360p"][0]), scratch)
+            print(json.dumps({"startup": results["startup"]}), file=log, flush=True)
+    log.close()
     (args.out / "gpu.json").write_text(json.dumps(results, indent=2))
     (args.out / "gpu.md").write_text(markdown(results))
     print(markdown(results))
