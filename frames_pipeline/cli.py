@@ -1,4 +1,4 @@
-"""``frames-pipeline``: extract frames and probe videos from the shell.
+"""``frames-pipeline``: extract frames, probe videos, validate manifests and list shards from the shell.
 
 Exit codes scripts can trust: 0 all videos done, 1 at least one video failed, 2 bad usage.
 """
@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from .decode import DECODE_MODES, DecodeError, DecodeOptions, probe
 from .decode.workers import DecoderPool, VideoJob, VideoOutcome
+from .manifest import DEFAULT_SHARD_SIZE, ManifestError, find_manifests, read_manifest, shard_keys
+from .store import FramesStore, default_data_root, summarize_shards
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -55,6 +57,24 @@ def _parser() -> argparse.ArgumentParser:
 
     probe_cmd = commands.add_parser("probe", help="print what the decoder will see in each video")
     probe_cmd.add_argument("videos", nargs="+", metavar="VIDEO", type=Path)
+
+    manifest = commands.add_parser("manifest", help="manifest tools")
+    manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True, metavar="COMMAND")
+    validate = manifest_commands.add_parser(
+        "validate",
+        help="check manifests row by row",
+        description="Check CSV / Parquet / JSON Lines manifests; print every problem as FILE:ROW:COLUMN: message.",
+    )
+    validate.add_argument("manifests", nargs="+", metavar="MANIFEST", type=Path)
+    validate.add_argument("--check-files", action="store_true", help="also report rows whose video file is missing")
+
+    shards = commands.add_parser(
+        "shards",
+        help="list shards and their state",
+        description="List the shards of every manifest under DATA/manifests and what DATA/frames holds for them.",
+    )
+    shards.add_argument("--data", type=Path, default=None, help="data root (default: $FRAMES_PIPELINE_DATA or ./data)")
+    shards.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="videos per shard (100)")
     return parser
 
 
@@ -62,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "extract":
         return _extract(args)
+    if args.command == "manifest":
+        return _validate(args.manifests, args.check_files)
+    if args.command == "shards":
+        return _shards(args.data or default_data_root(), args.shard_size)
     return _probe(args.videos)
 
 
@@ -119,12 +143,17 @@ def _print_table(outcomes: list[VideoOutcome]) -> None:
         fps = f"{o.num_frames / o.decode_seconds:.0f}" if o.ok and o.decode_seconds > 0 else "-"
         note = o.error_reason or o.fallback_reason or (f"{len(o.warnings)} warnings" if o.warnings else "")
         rows.append((Path(o.source).name, o.status, str(o.num_frames), o.decode_mode or "-", fps, note))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_rows(rows)
     ok = sum(o.ok for o in outcomes)
     frames = sum(o.num_frames for o in outcomes)
     print(f"{ok}/{len(outcomes)} videos ok, {frames} frames")
+
+
+def _print_rows(rows: list[tuple[str, ...]]) -> None:
+    """Left-aligned columns, the first row as header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _probe(videos: list[Path]) -> int:
@@ -135,6 +164,45 @@ def _probe(videos: list[Path]) -> int:
         except DecodeError as exc:
             print(f"FAILED {video}: {exc} ({exc.hint})", file=sys.stderr)
             status = EXIT_FAILED
+    return status
+
+
+def _validate(manifests: list[Path], check_files: bool) -> int:
+    status = EXIT_OK
+    for path in manifests:
+        try:
+            rows = read_manifest(path)
+        except ManifestError as exc:
+            for problem in exc.problems:
+                print(f"{path}:{problem.row or '-'}:{problem.column or '-'}: {problem.message}")
+            status = EXIT_FAILED
+            continue
+        missing = [row for row in rows if check_files and not Path(row.path).is_file()]
+        for row in missing:
+            print(f"{path}:{row.row}:path: no such file {row.path}")
+        status = EXIT_FAILED if missing else status
+        print(f"{path}: {len(rows)} rows, {len(rows) - len(missing)} ok")
+    return status
+
+
+def _shards(data_root: Path, shard_size: int) -> int:
+    if shard_size < 1:
+        print("--shard-size must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    store = FramesStore(data_root)
+    status = EXIT_OK
+    rows = [("shard", "state", "videos", "ok", "failed", "frames")]
+    for manifest in find_manifests(store.manifests_dir):
+        try:
+            keys = shard_keys(manifest, shard_size)
+        except ManifestError as exc:
+            print(f"{manifest}: invalid: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        for shard in summarize_shards(store, keys).itertuples():
+            state = "published" if shard.published else "pending"
+            rows.append((shard.shard, state, str(shard.videos), str(shard.ok), str(shard.failed), str(shard.frames)))
+    _print_rows(rows)
     return status
 
 
