@@ -1,0 +1,104 @@
+"""Pictures for people: a contact sheet of a shard's frames and a bar chart of the shard totals.
+
+Both are small PNGs drawn with Pillow, written to disk and embedded in Dagster markdown metadata
+as data URIs, so the UI shows them without serving any file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+FRAMES_PER_VIDEO = 6
+MAX_VIDEOS = 40
+_LABEL_W = 140
+_PAD = 4
+_BACKGROUND = (24, 24, 28)
+_TEXT = (230, 230, 230)
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    """One video of a contact sheet: its id and its frames file (None when it failed)."""
+
+    video_id: str
+    frames_file: Path | None
+    note: str = ""
+
+
+def contact_sheet(rows: Sequence[SheetRow], path: str | os.PathLike[str], scale: int = 2) -> Path:
+    """Write a PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length, one row per video.
+
+    Frames are memory-mapped, so only the few shown are read. Failed videos get a row with their note.
+    """
+    shown = list(rows)[:MAX_VIDEOS]
+    tiles = [_sample(row.frames_file) if row.frames_file else None for row in shown]
+    tile_h, tile_w = next((t.shape[1:3] for t in tiles if t is not None and len(t)), (27, 48))
+    tile_h, tile_w = tile_h * scale, tile_w * scale
+    row_h = tile_h + _PAD
+    width = _LABEL_W + FRAMES_PER_VIDEO * (tile_w + _PAD)
+    height = max(1, len(shown)) * row_h + (row_h if len(rows) > len(shown) else 0)
+    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for i, (row, frames) in enumerate(zip(shown, tiles, strict=True)):
+        top = i * row_h
+        draw.text((_PAD, top + _PAD), row.video_id[:22], fill=_TEXT)
+        if row.note:
+            draw.text((_PAD, top + tile_h // 2 + _PAD), row.note[:22], fill=(240, 120, 120))
+        for j, frame in enumerate(frames if frames is not None else []):
+            tile = Image.fromarray(np.ascontiguousarray(frame)).resize((tile_w, tile_h), Image.Resampling.NEAREST)
+            sheet.paste(tile, (_LABEL_W + j * (tile_w + _PAD), top))
+    if len(rows) > len(shown):
+        draw.text((_PAD, len(shown) * row_h + _PAD), f"... {len(rows) - len(shown)} more videos", fill=_TEXT)
+    out = Path(path)
+    sheet.save(out, format="PNG", optimize=True)
+    return out
+
+
+def _sample(frames_file: Path) -> np.ndarray:
+    frames = np.load(frames_file, mmap_mode="r")
+    if len(frames) == 0:
+        return frames
+    picks = np.unique(np.linspace(0, len(frames) - 1, FRAMES_PER_VIDEO).round().astype(int))
+    return np.asarray(frames[picks])
+
+
+def bar_chart(
+    labels: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """A grouped horizontal bar chart (one group per label, one bar per series) as a PNG."""
+    colours = [(90, 160, 240), (240, 110, 100), (120, 200, 120), (230, 190, 80)]
+    bar_h, gap, label_w, plot_w = 10, 8, 160, 420
+    group_h = bar_h * len(series) + gap
+    height = 40 + group_h * max(1, len(labels)) + 20 * len(series)
+    image = Image.new("RGB", (label_w + plot_w + 90, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 8), title, fill=(0, 0, 0))
+    for k, (name, values) in enumerate(series.items()):
+        peak = max((float(v) for v in values), default=0.0) or 1.0
+        for i, value in enumerate(values):
+            top = 30 + i * group_h + k * bar_h
+            draw.rectangle(
+                [label_w, top, label_w + int(plot_w * float(value) / peak), top + bar_h - 2], fill=colours[k % 4]
+            )
+            draw.text((label_w + int(plot_w * float(value) / peak) + 4, top - 1), f"{value:g}", fill=(0, 0, 0))
+        legend_top = 30 + group_h * max(1, len(labels)) + 20 * k
+        draw.rectangle([8, legend_top + 2, 18, legend_top + 10], fill=colours[k % 4])
+        draw.text((24, legend_top), f"{name} (bars scaled to its own maximum)", fill=(0, 0, 0))
+    for i, label in enumerate(labels):
+        draw.text((8, 30 + i * group_h), label[:24], fill=(0, 0, 0))
+    out = Path(path)
+    image.save(out, format="PNG", optimize=True)
+    return out
+
+
+def markdown_image(path: str | os.PathLike[str], alt: str) -> str:
+    """Markdown that shows the PNG at ``path`` inline (a data URI: the UI needs no file server)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{data})"
