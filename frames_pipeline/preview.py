@@ -56,9 +56,7 @@ def contact_sheet(rows: Sequence[SheetRow], path: str | os.PathLike[str], scale:
             sheet.paste(tile, (_LABEL_W + j * (tile_w + _PAD), top))
     if len(rows) > len(shown):
         draw.text((_PAD, len(shown) * row_h + _PAD), f"... {len(rows) - len(shown)} more videos", fill=_TEXT)
-    out = Path(path)
-    sheet.save(out, format="PNG", optimize=True)
-    return out
+    return _save(sheet, path)
 
 
 def _sample(frames_file: Path) -> np.ndarray:
@@ -93,8 +91,16 @@ def bar_chart(
         draw.text((24, legend_top), f"{name} (bars scaled to its own maximum)", fill=(0, 0, 0))
     for i, label in enumerate(labels):
         draw.text((8, 30 + i * group_h), label[:24], fill=(0, 0, 0))
+    return _save(image, path)
+
+
+def _save(image: Image.Image, path: str | os.PathLike[str]) -> Path:
+    """Write under a temporary name and rename: a reader never sees half a PNG."""
     out = Path(path)
-    image.save(out, format="PNG", optimize=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    image.save(partial, format="PNG", optimize=True)
+    os.replace(partial, out)
     return out
 
 

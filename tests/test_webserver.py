@@ -144,6 +144,86 @@ def test_partition_run_through_graphql(webserver: tuple[str, Path]) -> None:
         "a.pts.npy",
         "b.npy",
         "b.pts.npy",
+        "contact_sheet.png",
         "index.parquet",
     ]
     assert np.load(shard / "a.npy").shape == (5, 27, 48, 3)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a closed network: without them Chromium keeps calling home and start-up stalls.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where the browser test saves its screenshots ($FRAMES_PIPELINE_SCREENSHOTS, or a temp folder)."""
+    folder = Path(os.environ.get("FRAMES_PIPELINE_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_ui_materializes_a_partition_and_shows_its_frames(webserver: tuple[str, Path], screenshots: Path) -> None:
+    """Materialize one shard of video_frames from the asset page in headless Chromium, like a user."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from frames_pipeline.assets import video_manifest
+    from frames_pipeline.definitions import defs
+
+    base, data = webserver
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions("video_shards", [SHARD])
+    # The upstream partition first, as a user would have from an earlier run: the UI test is about video_frames.
+    resources = defs.resources
+    assert dg.materialize([video_manifest], partition_key=SHARD, instance=instance, resources=resources).success
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(60_000)
+        try:
+            # Dagster's community sign-up dialog pops up over whatever page is open: dismiss it each time.
+            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+            page.goto(f"{base}/assets/video_frames", wait_until="networkidle")
+            page.screenshot(path=screenshots / "1_asset_page.png")
+
+            page.get_by_role("button", name="Materialize…").click()
+            page.get_by_text("Select a partition or create one").click()
+            page.get_by_role("menuitem", name=SHARD).click()
+            page.keyboard.press("Escape")
+            page.screenshot(path=screenshots / "2_launch_dialog.png")
+            page.get_by_role("button", name="Launch 1 run").click()
+
+            deadline = time.monotonic() + 300
+            while not (data / "frames" / SHARD / "index.parquet").exists():
+                assert time.monotonic() < deadline, "the run launched from the UI did not publish the shard"
+                time.sleep(2)
+
+            page.goto(f"{base}/assets/video_frames?partition={SHARD}", wait_until="networkidle")
+            metadata = page.locator("table").filter(has_text="frame_count")
+            expect(metadata).to_be_visible()
+            expect(metadata).to_contain_text("decode_mode")
+            expect(metadata).to_contain_text("ffmpeg_cpu")
+            row = metadata.locator("tr").filter(has_text="frame_count")
+            expect(row).to_contain_text("10")  # two 5-frame clips
+            page.screenshot(path=screenshots / "3_materialization.png", full_page=True)
+
+            metadata.locator("tr").filter(has_text="preview").get_by_text("Show Markdown").click()
+            preview = page.locator("img[src^='data:image/png']").first
+            expect(preview).to_be_visible()
+            width = preview.evaluate("img => img.complete ? img.naturalWidth : 0")
+            page.screenshot(path=screenshots / "4_preview.png")
+            assert width > 100, f"the contact sheet did not render (naturalWidth {width})"
+        finally:
+            page.screenshot(path=screenshots / "last.png")
+            browser.close()
