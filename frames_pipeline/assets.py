@@ -15,17 +15,21 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from .decode import DecodeError, Reason, probe, pts_path
+from .decode import DecodeError, DecodeOptions, Reason, probe_with_options
+from .decode.errors import printable
 from .decode.workers import VideoJob, VideoOutcome
 from .manifest import file_hash, manifest_for_stem, parse_shard_key, read_manifest, shard_rows
 from .partitions import video_shards
+from .preview import SheetRow, bar_chart, contact_sheet, markdown_image
 from .resources import FrameDecoderResource, FramesDataResource
-from .store import count_values, merge_counts, summarize_shards
+from .store import ShardBusyError, count_values, frames_problem, merge_counts, summarize_shards
 
 FRAME_COUNT_CHECK = "frame_counts_match_probe"
 ARRAY_CHECK = "arrays_well_formed"
 FAILED_RATIO_CHECK = "failed_ratio"
 _TABLE_LIMIT = 500  # rows of a metadata table shown in the UI
+CONTACT_SHEET = "contact_sheet.png"  # inside each shard folder, published with it
+SUMMARY_CHART = "summary.png"  # in the frames folder
 
 
 @dataclass(frozen=True)
@@ -43,16 +47,17 @@ class VideoFramesConfig(dg.Config):
     """Run configuration of ``video_frames``."""
 
     max_failed_ratio: float = 0.5  # above this share of failed videos the shard is not published
+    resume: bool = True  # keep the videos an unpublished earlier run of the shard finished; decode the rest
 
 
-def probe_columns(path: str) -> dict[str, Any]:
+def probe_columns(path: str, options: DecodeOptions) -> dict[str, Any]:
     """The probe's view of one video as ``probe_*`` columns; a failure is recorded, not raised."""
     try:
-        info = probe(path)
+        info = probe_with_options(path, options)
     except DecodeError as exc:
         reason, message, info = exc.reason.value, exc.message, None
     except Exception as exc:  # a PyAV surprise on one hostile file must not fail the whole shard
-        reason, message, info = Reason.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}", None
+        reason, message, info = Reason.INTERNAL_ERROR.value, printable(f"{type(exc).__name__}: {exc}"), None
     else:
         reason = message = None
     height, width = info.display_hw if info else (None, None)
@@ -72,8 +77,11 @@ def probe_columns(path: str) -> dict[str, Any]:
 
 
 @dg.asset(partitions_def=video_shards, group_name="frames", kinds={"python"})
-def video_manifest(context: dg.AssetExecutionContext, frames_data: FramesDataResource) -> dg.Output[ProbedShard]:
-    """The shard's validated manifest rows joined with probe results (one probe per video)."""
+def video_manifest(
+    context: dg.AssetExecutionContext, frames_data: FramesDataResource, frame_decoder: FrameDecoderResource
+) -> dg.Output[ProbedShard]:
+    """The shard's validated manifest rows joined with probe results (one probe per video, under the
+    decoder's input rules: allowed roots, remote input)."""
     key = context.partition_key
     stem, index = parse_shard_key(key)
     path = manifest_for_stem(frames_data.store.manifests_dir, stem)
@@ -83,7 +91,13 @@ def video_manifest(context: dg.AssetExecutionContext, frames_data: FramesDataRes
     rows = shard_rows(read_manifest(path), index, frames_data.shard_size)
     if not rows:
         raise dg.Failure(f"{path} has no shard {index} (the manifest shrank); the sensor removes stale shard keys")
-    table = pd.DataFrame([{**row.to_record(), **probe_columns(row.path)} for row in rows])
+    options = frame_decoder.decode_options()
+    records = [{**row.to_record(), **probe_columns(row.path, options)} for row in rows]
+    # An object column keeps the raw bytes of non-UTF-8 file names (surrogate escapes), which the
+    # decoder must open as they are; pandas' Arrow-backed strings would refuse them.
+    paths = pd.Series([record.pop("path") for record in records], dtype=object)
+    table = pd.DataFrame(records)
+    table.insert(2, "path", paths)
     failed = table[table["probe_status"] != "ok"]
     shard = ProbedShard(key=key, manifest=str(path), manifest_hash=digest, table=table)
     return dg.Output(
@@ -125,26 +139,47 @@ def video_frames(
 
     A failed video is a row in the index, not an error. A shard that fails a blocking check is
     never published (the previous version, if any, stays): its check results are reported and the
-    step fails without retries, since decoding the same inputs again would not help.
+    step fails without retries, since decoding the same inputs again would not help. With
+    ``resume``, a run that was killed or failed otherwise leaves its finished videos for the next.
     """
     table = video_manifest.table
     options = frame_decoder.decode_options()
-    with frames_data.store.open_shard(context.partition_key, context.run.run_id) as shard:
+    try:
+        shard = frames_data.store.open_shard(context.partition_key, resume=config.resume)
+    except ShardBusyError as exc:  # the run holding the shard will publish it; a retry would redo its work
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    with shard:
+        sources = dict(zip(table["video_id"], table["path"], strict=True))
+        finished = shard.resume_finished(sources, options.output_hw)
+        outcomes = {vid: VideoOutcome.from_dict(fields) for vid, fields in finished.items()}
         jobs = [
             VideoJob(key=vid, source=src, output=str(shard.frames_path(vid)))
-            for vid, src in zip(table["video_id"], table["path"], strict=True)
+            for vid, src in sources.items()
+            if vid not in outcomes
         ]
+        context.log.info(
+            f"decoder: {frame_decoder.workers} worker(s), mode {frame_decoder.decoder_mode} -> "
+            f"{frame_decoder.effective_mode}; {len(jobs)} video(s) to decode, {len(finished)} kept from an earlier run"
+        )
         started = time.perf_counter()
-        outcomes: dict[str, VideoOutcome] = {}
         for outcome in frame_decoder.decode(jobs):
             outcomes[outcome.key] = outcome
-            _log_outcome(context, outcome, len(outcomes), len(jobs))
+            if outcome.ok:
+                shard.mark_finished(outcome.key, outcome.source, outcome.to_dict())
+            _log_outcome(context, outcome, len(outcomes), len(sources))
         wall_s = time.perf_counter() - started
-        records = [_index_record(row, outcomes[row["video_id"]], shard.dir) for row in table.to_dict("records")]
+        records = [_index_record(row, outcomes[row["video_id"]]) for row in table.to_dict("records")]
         shard.write_index(records)
         checks = _shard_checks(shard.dir, records, options.output_hw, config.max_failed_ratio)
+        sheet_rows = [
+            SheetRow(r["video_id"], shard.dir / r["frames_file"] if r["frames_file"] else None, r["error_reason"] or "")
+            for r in records
+        ]
+        # Read into the metadata now: publishing renames the folder the sheet is in.
+        preview = markdown_image(contact_sheet(sheet_rows, shard.dir / CONTACT_SHEET), f"{context.partition_key}")
         blocked = [c for c in checks if not c.passed and c.check_name in (ARRAY_CHECK, FAILED_RATIO_CHECK)]
         if blocked:
+            shard.discard()  # judged, not interrupted: nothing to resume
             yield from checks
             raise dg.Failure(
                 description=f"shard {context.partition_key} not published: "
@@ -155,7 +190,12 @@ def video_frames(
         published = shard.publish()
     yield dg.MaterializeResult(
         metadata=_frames_metadata(records, wall_s, frame_decoder.effective_mode, options.output_hw, published)
-        | {"manifest_hash": video_manifest.manifest_hash, "manifest": dg.MetadataValue.path(video_manifest.manifest)},
+        | {
+            "num_resumed": len(finished),
+            "manifest_hash": video_manifest.manifest_hash,
+            "manifest": dg.MetadataValue.path(video_manifest.manifest),
+            "preview": dg.MetadataValue.md(preview),
+        },
         check_results=checks,
     )
 
@@ -165,6 +205,12 @@ def frames_summary(context: dg.AssetExecutionContext, frames_data: FramesDataRes
     """Totals over every registered shard, read from the shards' published index files."""
     keys = sorted(context.instance.get_dynamic_partitions(video_shards.name))
     shards = summarize_shards(frames_data.store, keys)
+    chart = bar_chart(
+        list(shards["shard"]),
+        {"frames": list(shards["frames"]), "failed videos": list(shards["failed"])},
+        frames_data.store.frames_dir / SUMMARY_CHART,
+        title="frames and failed videos per shard",
+    )
     return dg.MaterializeResult(
         metadata={
             "num_shards": len(shards),
@@ -175,6 +221,7 @@ def frames_summary(context: dg.AssetExecutionContext, frames_data: FramesDataRes
             "frame_count": int(shards["frames"].sum()),
             "decode_mode": dg.MetadataValue.json(merge_counts(shards["decode_modes"])),
             "failures": dg.MetadataValue.json(merge_counts(shards["failures"])),
+            "chart": dg.MetadataValue.md(markdown_image(chart, "frames and failed videos per shard")),
             "shards": _table(
                 shards.assign(
                     decode_modes=shards["decode_modes"].map(json.dumps), failures=shards["failures"].map(json.dumps)
@@ -191,13 +238,13 @@ def _log_outcome(context: dg.AssetExecutionContext, outcome: VideoOutcome, done:
         context.log.warning(f"[{done}/{total}] {outcome.key}: failed ({outcome.error_reason}: {outcome.error})")
 
 
-def _index_record(row: dict[str, Any], outcome: VideoOutcome, shard_dir: Path) -> dict[str, Any]:
+def _index_record(row: dict[str, Any], outcome: VideoOutcome) -> dict[str, Any]:
     """One index.parquet row: the manifest row, the probe's count and what the decoder did."""
     expected = row.get("probe_frames")
     return {
         "manifest_row": int(row["manifest_row"]),
         "video_id": outcome.key,
-        "source": outcome.source,
+        "source": printable(outcome.source),
         "status": outcome.status,
         "num_frames": outcome.num_frames,
         "expected_frames": None if pd.isna(expected) else int(expected),
@@ -208,9 +255,9 @@ def _index_record(row: dict[str, Any], outcome: VideoOutcome, shard_dir: Path) -
         "fallback_reason": outcome.fallback_reason,
         "error_reason": outcome.error_reason,
         "error": outcome.error,
-        "warnings": list(outcome.warnings),
+        "warnings": [printable(w) for w in outcome.warnings],
         "decode_seconds": outcome.decode_seconds,
-        "frames_file": Path(outcome.output).relative_to(shard_dir).as_posix() if outcome.output else None,
+        "frames_file": Path(outcome.output).name if outcome.output else None,  # written into the shard folder
     }
 
 
@@ -224,7 +271,11 @@ def _shard_checks(
         for r in ok
         if r["expected_frames"] is not None and r["num_frames"] != r["expected_frames"]
     ]
-    malformed = [f"{r['video_id']}: {why}" for r in ok if (why := _array_problem(shard_dir, r, output_hw))]
+    malformed = [
+        f"{r['video_id']}: {why}"
+        for r in ok
+        if (why := frames_problem(shard_dir / r["frames_file"], r["num_frames"], output_hw))
+    ]
     num_failed = len(records) - len(ok)
     ratio = num_failed / len(records) if records else 0.0
     return [
@@ -248,21 +299,6 @@ def _shard_checks(
             metadata={"failed_ratio": ratio, "max_failed_ratio": max_failed_ratio, "num_failed": num_failed},
         ),
     ]
-
-
-def _array_problem(shard_dir: Path, record: dict[str, Any], output_hw: tuple[int, int]) -> str | None:
-    """What is wrong with one video's arrays, or None. Memory-mapped: only the headers are read."""
-    frames_path = shard_dir / record["frames_file"]
-    try:
-        frames = np.load(frames_path, mmap_mode="r")
-        pts = np.load(pts_path(frames_path), mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        return f"unreadable: {exc}"
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (*output_hw, 3):
-        return f"frames are {frames.shape} {frames.dtype}"
-    if frames.shape[0] != record["num_frames"] or pts.shape != (frames.shape[0],):
-        return f"{frames.shape[0]} frames, {pts.shape} timestamps, index says {record['num_frames']}"
-    return None
 
 
 def _frames_metadata(

@@ -1,9 +1,11 @@
 """Read and validate video manifests, make video ids safe, and cut manifests into shards.
 
 A manifest is a CSV, Parquet or JSON Lines file with one video per row: ``path`` is required
-(relative paths resolve against the manifest's folder), ``video_id`` is optional (derived from the
-file name when absent), and every other column is carried through. Row numbers in errors are
-1-based data rows (the CSV header is not a row).
+(relative paths resolve against the manifest's folder; URLs stay as written, for the decoder to
+refuse or, with ``allow_remote``, to read), ``video_id`` is optional (derived from the file name
+when absent), and every other column is carried through. Row numbers in errors are 1-based data
+rows (the CSV header is not a row). File names need not be UTF-8: bytes a text manifest cannot
+decode are kept as surrogate escapes, which is how Python names such files (``os.fsdecode``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from .decode.sources import is_url
+
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 DEFAULT_SHARD_SIZE = 100
 # Columns the pipeline adds; a manifest may not bring its own under these names.
@@ -36,6 +40,8 @@ _MAX_ID_BYTES = 100
 # The duplicate marker is a character safe_video_id never emits, so a suffixed id cannot collide
 # with another row's id.
 _DUP_MARK = "~"
+# Lone surrogates: undecodable bytes kept by surrogateescape, or escapes written into JSON text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,13 @@ def safe_video_id(raw: str) -> str:
     """A file-name-safe form of ``raw``: letters, digits, ``.``, ``_`` and ``-`` only (Unicode letters
     kept, NFC-normalised); no separators, control characters, ``..`` or leading dot; at most 100 bytes.
     Undecodable bytes (surrogate-escaped) become ``_``."""
-    text = unicodedata.normalize("NFC", raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    text = unicodedata.normalize("NFC", _SURROGATE.sub("_", raw))
     cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
     cleaned = re.sub(r"\.{2,}", ".", re.sub(r"_+", "_", cleaned)).lstrip(".") or "video"
+    if cleaned[-4:].lower() == ".pts":  # "<id>.pts.npy" would be the timestamps file of video "<id>"
+        cleaned = f"{cleaned[:-4]}_{cleaned[-3:]}"
     if len(cleaned.encode()) > _MAX_ID_BYTES:
-        digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         cleaned = cleaned.encode()[: _MAX_ID_BYTES - 11].decode("utf-8", "ignore") + "-" + digest
     return cleaned
 
@@ -203,8 +211,8 @@ def _validate_record(
     if raw_path is None:
         problems.append(ManifestProblem(number, "path", "empty or not text"))
         return None
-    if "\x00" in raw_path or _has_surrogates(raw_path):
-        problems.append(ManifestProblem(number, "path", "contains a NUL byte or is not valid UTF-8"))
+    if "\x00" in raw_path or not _is_file_name(raw_path):
+        problems.append(ManifestProblem(number, "path", "contains a NUL byte or a character no file name can hold"))
         return None
     raw_id = record.get("video_id")
     if _missing(raw_id):
@@ -212,7 +220,10 @@ def _validate_record(
     elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
         problems.append(ManifestProblem(number, "video_id", f"must be text or an integer, got {raw_id!r}"))
         return None
-    resolved = os.path.normpath(base / raw_path)  # an absolute raw_path replaces base
+    # A URL joined to base would become a missing file, hiding why it is refused; an absolute
+    # raw_path replaces base.
+    url = is_url(raw_path) and not (base / raw_path).exists()
+    resolved = raw_path if url else os.path.normpath(base / raw_path)
     extra = {k: _clean_value(v) for k, v in record.items() if k not in ("path", "video_id")}
     return number, str(raw_id), resolved, extra
 
@@ -248,8 +259,8 @@ def _read_json_lines(file: Path) -> tuple[list[str], list[Mapping[str, Any]]]:
     for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(ManifestProblem(number, None, f"not valid JSON: {exc.msg}"))
+        except (ValueError, RecursionError) as exc:  # bad syntax, an integer past 4300 digits, deep nesting
+            problems.append(ManifestProblem(number, None, f"not valid JSON: {getattr(exc, 'msg', exc)}"))
             continue
         if not isinstance(record, dict):
             problems.append(ManifestProblem(number, None, "each line must be a JSON object"))
@@ -269,12 +280,16 @@ def _text(value: Any) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
 
-def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+def _is_file_name(text: str) -> bool:
+    """Whether the OS can take ``text`` as a path: surrogate escapes of raw bytes can, other lone
+    surrogates (from JSON ``\\ud800`` escapes) cannot."""
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _clean_value(value: Any) -> Any:
-    """Carried-through values must survive Parquet and the UI: undecodable bytes become U+FFFD."""
-    if isinstance(value, str) and _has_surrogates(value):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value
+    """Carried-through values must survive Parquet and the UI: lone surrogates become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value

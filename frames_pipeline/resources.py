@@ -13,7 +13,8 @@ from .store import FramesStore, default_data_root
 
 
 class FrameDecoderResource(dg.ConfigurableResource):
-    """Decoder worker processes, started once per step and reused for every video of the shard."""
+    """Decoder worker processes, started at a step's first decode and reused for every video of the
+    shard; also the input rules (allowed roots, remote input) that the probe applies too."""
 
     decoder_mode: str = Field(default="auto", description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu")
     gpu_id: int = Field(default=0, description="CUDA device for the GPU modes")
@@ -22,8 +23,15 @@ class FrameDecoderResource(dg.ConfigurableResource):
     workers: int = Field(default=2, description="videos decoded in parallel (one process each)")
     timeout_s: float = Field(default=600.0, description="per-video time limit in seconds")
     ffmpeg_binary: str | None = Field(default=None, description="ffmpeg for ffmpeg_gpu (default: bundled)")
+    allowed_roots: list[str] = Field(
+        default=[], description="folders videos must resolve into (symlinks followed); empty: any local file"
+    )
+    allow_remote: bool = Field(
+        default=False, description="let FFmpeg read URLs, playlists and concat scripts (off: local files only)"
+    )
 
     _pool: DecoderPool | None = PrivateAttr(default=None)
+    _in_step: bool = PrivateAttr(default=False)
 
     def decode_options(self) -> DecodeOptions:
         """The engine's options for this configuration; raises ValueError on a bad mode or size."""
@@ -36,17 +44,19 @@ class FrameDecoderResource(dg.ConfigurableResource):
             batch_size=self.pyncv_batch_size,
             timeout_s=self.timeout_s,
             ffmpeg_binary=self.ffmpeg_binary,
+            allow_remote=self.allow_remote,
+            allowed_roots=tuple(self.allowed_roots),
         )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._pool = DecoderPool(self.decode_options(), workers=self.workers).start()
-        if context.log is not None:
-            context.log.info(f"decoder: {self.workers} worker(s), mode {self.decoder_mode} -> {self.effective_mode}")
+        # The workers start at the first decode: a step that only probes (video_manifest) needs none.
+        self._in_step = True
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._in_step = False
 
     @property
     def effective_mode(self) -> str:
@@ -58,8 +68,10 @@ class FrameDecoderResource(dg.ConfigurableResource):
         return self._started_pool().run(jobs)
 
     def _started_pool(self) -> DecoderPool:
-        if self._pool is None:
+        if not self._in_step:
             raise RuntimeError("FrameDecoderResource is used outside a step (setup_for_execution did not run)")
+        if self._pool is None:
+            self._pool = DecoderPool(self.decode_options(), workers=self.workers).start()
         return self._pool
 
 

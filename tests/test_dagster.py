@@ -92,11 +92,11 @@ def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: d
     assert check_results(result) == {"frame_counts_match_probe": True, "arrays_well_formed": True, "failed_ratio": True}
 
     shard = data_root / "frames" / "clips-00001"
-    assert sorted(p.name for p in shard.iterdir()) == ["index.parquet", "v2.npy", "v2.pts.npy"]
+    assert sorted(p.name for p in shard.iterdir()) == ["contact_sheet.png", "index.parquet", "v2.npy", "v2.pts.npy"]
     frames = np.load(shard / "v2.npy")
     assert frames.shape == (CLIPS["v2"], 27, 48, 3) and frames.dtype == np.uint8
     assert np.load(shard / "v2.pts.npy").shape == (CLIPS["v2"],)
-    assert not [p for p in (data_root / "frames").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert sorted(p.name for p in (data_root / "frames").iterdir()) == [".clips-00001.lock", "clips-00001"]
 
     index = pd.read_parquet(shard / "index.parquet").set_index("video_id")
     assert index.loc["v2", ["status", "num_frames", "expected_frames", "height", "width"]].tolist() == [
@@ -126,6 +126,7 @@ def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: d
     assert values["path"] == str(shard)
     assert values["manifest_hash"] == file_hash(data_root / "manifests" / "clips.csv")
     assert len(values["videos"].records) == 2
+    assert values["preview"].startswith("![clips-00001](data:image/png;base64,")
 
 
 def test_bad_shard_is_not_published(data_root: Path, instance: dg.DagsterInstance) -> None:

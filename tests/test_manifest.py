@@ -1,6 +1,7 @@
 """Manifest reading, validation, safe video ids and shard cutting (no videos, no Dagster)."""
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -94,14 +95,36 @@ def test_unreadable_file_and_bad_stem(tmp_path: Path) -> None:
 
 def test_non_utf8_bytes(tmp_path: Path) -> None:
     path = tmp_path / "latin.csv"
-    path.write_bytes(b"path,video_id,note\na.mp4,caf\xe9,ok\nb\xff.mp4,,x\n")
+    path.write_bytes(b"path,video_id,note\na.mp4,caf\xe9,n\xe9\nb\xff.mp4,,x\n")
+    first, second = read_manifest(path)
+    assert first.video_id == "caf_"
+    assert first.extra["note"] == "n\ufffd"
+    # A file name that is not UTF-8 is still a file name: its bytes reach the OS unchanged.
+    assert os.fsencode(second.path) == os.fsencode(tmp_path) + b"/b\xff.mp4"
+    assert second.video_id == "b_"
+    jsonl = tmp_path / "escapes.jsonl"
+    jsonl.write_text('{"path": "ok.mp4"}\n{"path": "\\ud800.mp4"}\n')  # no file name holds a lone U+D800
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(jsonl)
+    assert (caught.value.row, caught.value.column) == (2, "path")
+
+
+def test_urls_stay_as_written(tmp_path: Path) -> None:
+    (tmp_path / "take:2.mp4").write_bytes(b"")  # a local name that only looks like a protocol
+    path = write_csv(tmp_path / "urls.csv", "path\nhttp://127.0.0.1:9/a.mp4\nconcat:a|b\ntake:2.mp4\n")
+    assert [r.path for r in read_manifest(path)] == [
+        "http://127.0.0.1:9/a.mp4",
+        "concat:a|b",
+        str(tmp_path / "take:2.mp4"),
+    ]
+
+
+def test_json_that_python_cannot_load_is_a_row_problem(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"path": "a.mp4"}\n' + "[" * 100_000 + "\n" + '{"path": "b.mp4", "n": ' + "9" * 5000 + "}\n")
     with pytest.raises(ManifestError) as caught:
         read_manifest(path)
-    assert (caught.value.row, caught.value.column) == (2, "path")
-    path.write_bytes(b"path,video_id,note\na.mp4,caf\xe9,n\xe9\n")
-    (row,) = read_manifest(path)
-    assert row.video_id == "caf_"
-    assert row.extra["note"] == "n\ufffd"
+    assert [(p.row, p.column) for p in caught.value.problems] == [(2, None), (3, None)]
 
 
 @pytest.mark.parametrize(
@@ -115,6 +138,8 @@ def test_non_utf8_bytes(tmp_path: Path) -> None:
         ("tab\tnew\nline\x00", "tab_new_line_"),
         ("caf\udce9", "caf_"),
         ("café", "café"),
+        ("clip.pts", "clip_pts"),  # else clip.pts.npy would also be the timestamps of "clip"
+        ("CLIP.Pts", "CLIP_Pts"),
         ("", "video"),
     ],
 )
@@ -156,3 +181,24 @@ def test_find_manifests_and_stem_collisions(tmp_path: Path) -> None:
         manifest_for_stem(tmp_path, "b")
     with pytest.raises(ManifestError, match="no manifest"):
         manifest_for_stem(tmp_path, "c")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_empty_file_names_the_missing_column(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(path)
+    assert (caught.value.file, caught.value.row, caught.value.column) == (str(path), None, "path")
+
+
+def test_wrong_types_are_reported_with_row_and_column(tmp_path: Path) -> None:
+    table = pa.table({"path": ["a.mp4", "b.mp4"], "video_id": [1.5, None]})
+    pq.write_table(table, tmp_path / "floats.parquet")
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(tmp_path / "floats.parquet")
+    assert [(p.row, p.column) for p in caught.value.problems] == [(1, "video_id")]
+    pq.write_table(pa.table({"path": [1, 2]}), tmp_path / "numbers.parquet")
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(tmp_path / "numbers.parquet")
+    assert [(p.row, p.column) for p in caught.value.problems] == [(1, "path"), (2, "path")]

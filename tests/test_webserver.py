@@ -43,6 +43,26 @@ query Status($runId: ID!) {
 """
 
 
+def listening_addresses(pgid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket listening in process group ``pgid``: the webserver and
+    the code server it starts. Read from /proc, so it sees what the kernel has, not what was asked."""
+    inodes = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(fd.parts[2])) == pgid and (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                host, port = fields[1].split(":")
+                raw = bytes.fromhex(host)  # 32-bit words in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add((socket.inet_ntop(family, words), int(port, 16)))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -100,6 +120,10 @@ def webserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline, "webserver did not start in 180 s"
                 time.sleep(1)
+        if Path("/proc/net/tcp").exists():  # Linux: check what is really bound, code server included
+            listening = listening_addresses(process.pid)
+            assert ("127.0.0.1", port) in listening
+            assert {host for host, _ in listening} <= {"127.0.0.1", "::1"}, listening
         yield base, data
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -177,15 +201,19 @@ def test_ui_materializes_a_partition_and_shows_its_frames(webserver: tuple[str, 
     """Materialize one shard of video_frames from the asset page in headless Chromium, like a user."""
     from playwright.sync_api import expect, sync_playwright
 
-    from frames_pipeline.assets import video_manifest
-    from frames_pipeline.definitions import defs
-
     base, data = webserver
-    instance = dg.DagsterInstance.get()
-    instance.add_dynamic_partitions("video_shards", [SHARD])
-    # The upstream partition first, as a user would have from an earlier run: the UI test is about video_frames.
-    resources = defs.resources
-    assert dg.materialize([video_manifest], partition_key=SHARD, instance=instance, resources=resources).success
+    dg.DagsterInstance.get().add_dynamic_partitions("video_shards", [SHARD])
+    # The upstream partition first, as an earlier run would have left it; in a fresh process, so the
+    # definitions read this test's FRAMES_PIPELINE_DATA and DAGSTER_HOME, not an earlier test's.
+    upstream = (
+        "import dagster as dg\n"
+        "from frames_pipeline.assets import video_manifest\n"
+        "from frames_pipeline.definitions import defs\n"
+        "with dg.DagsterInstance.get() as instance:\n"
+        f"    assert dg.materialize([video_manifest], partition_key={SHARD!r}, instance=instance,"
+        " resources=defs.resources).success\n"
+    )
+    subprocess.run([sys.executable, "-c", upstream], check=True, timeout=300, env=os.environ.copy())
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -1,7 +1,7 @@
 """The decode engine: one video in, (N, H, W, 3) uint8 RGB frames and timestamps out. No Dagster here."""
 
 from .errors import DecodeError, Reason
-from .extract import FrameResult, extract_frames, extract_to_file, pts_path
+from .extract import FrameResult, extract_frames, extract_to_file, probe_with_options, pts_path
 from .options import DECODE_MODES, DecodeMode, DecodeOptions
 from .probe import VideoInfo, probe
 
@@ -16,5 +16,6 @@ __all__ = [
     "extract_frames",
     "extract_to_file",
     "probe",
+    "probe_with_options",
     "pts_path",
 ]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+
+# Lone surrogates; U+DC80..U+DCFF are the bytes 0x80..0xFF of a file name that is not UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Reason(StrEnum):
@@ -42,13 +46,20 @@ _HINTS: dict[Reason, str] = {
 }
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8, for logs, Parquet and the UI: the raw bytes of a non-UTF-8 file name
+    are shown as ``\\xNN``, any other lone surrogate as U+FFFD."""
+    return _SURROGATE.sub(lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}" if "\udc80" <= m[0] <= "\udcff" else "\ufffd", text)
+
+
 class DecodeError(Exception):
     """A video could not be decoded; ``reason`` says why in one stable word."""
 
     def __init__(self, reason: Reason | str, message: str, *, path: str | None = None) -> None:
         self.reason = Reason(reason)
-        self.message = message
-        self.path = path
+        # FFmpeg's messages quote the file name: keep them storable whatever bytes it has.
+        self.message = printable(message)
+        self.path = None if path is None else printable(path)
         super().__init__(str(self))
 
     @property

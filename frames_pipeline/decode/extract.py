@@ -97,17 +97,22 @@ def choose_mode(options: DecodeOptions, info: VideoInfo) -> tuple[str, str | Non
     return mode, reason
 
 
-def _decode(
-    source: str | os.PathLike[str], options: DecodeOptions, open_sink: Any
-) -> tuple[VideoInfo, str, str | None, list[str], NDArray[np.float64], Any]:
-    deadline = time.monotonic() + options.timeout_s
-    info = probe(
+def probe_with_options(source: str | os.PathLike[str], options: DecodeOptions) -> VideoInfo:
+    """``probe`` under the input rules and limits of ``options``: what a decode with them accepts."""
+    return probe(
         source,
         allow_remote=options.allow_remote,
         allowed_roots=options.allowed_roots,
         max_pixels=options.max_pixels,
         timeout_s=options.timeout_s,
     )
+
+
+def _decode(
+    source: str | os.PathLike[str], options: DecodeOptions, open_sink: Any
+) -> tuple[VideoInfo, str, str | None, list[str], NDArray[np.float64], Any]:
+    deadline = time.monotonic() + options.timeout_s
+    info = probe_with_options(source, options)
     mode, fallback_reason = choose_mode(options, info)
     while True:
         warnings: list[str] = []

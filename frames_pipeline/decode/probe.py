@@ -18,7 +18,7 @@ from .sources import INDIRECT_FORMATS, resolve_source
 # Larger than any codec's level limit (8192x8192 HEVC/AV1); a header above this is a decompression bomb.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 # Only local files; nested opens (playlists, concat) fail even if a demuxer tries.
-OPEN_OPTIONS = {"protocol_whitelist": "file"}
+LOCAL_ONLY = {"protocol_whitelist": "file"}
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe")
 
 
@@ -61,10 +61,14 @@ class VideoInfo:
         return {**asdict(self), "display_hw": self.display_hw, "chroma": self.chroma}
 
 
-def open_container(path: str) -> av.container.InputContainer:
-    """Open a local file with FFmpeg, mapping failures to DecodeError."""
+def open_container(path: str, *, allow_remote: bool = False) -> av.container.InputContainer:
+    """Open ``path`` with FFmpeg, mapping failures to DecodeError. Unless ``allow_remote``, only
+    local files, and no format that opens further inputs (playlists, concat scripts)."""
     try:
-        container = av.open(path, options=OPEN_OPTIONS, timeout=30.0)
+        # metadata_errors: a tag that is not UTF-8 (old cameras write Latin-1) must not make the video unreadable.
+        container = av.open(
+            path, options={} if allow_remote else LOCAL_ONLY, timeout=30.0, metadata_errors="backslashreplace"
+        )
     except av.error.FileNotFoundError:
         raise DecodeError(Reason.NOT_FOUND, "no such file", path=path) from None
     except (av.error.InvalidDataError, av.error.DemuxerNotFoundError, av.error.EOFError) as exc:
@@ -72,7 +76,7 @@ def open_container(path: str) -> av.container.InputContainer:
     except av.error.FFmpegError as exc:
         raise DecodeError(Reason.CORRUPT, f"FFmpeg failed to open the file: {exc}", path=path) from None
     name = container.format.name
-    if set(name.split(",")) & INDIRECT_FORMATS:
+    if not allow_remote and set(name.split(",")) & INDIRECT_FORMATS:
         container.close()
         raise DecodeError(Reason.REMOTE_INPUT, f"the {name} format reads other inputs; refused", path=path)
     if name in _IMAGE_FORMATS:
@@ -87,6 +91,10 @@ def main_video_stream(container: av.container.InputContainer, path: str) -> av.V
     if not candidates:
         what = "only cover art" if container.streams.video else "no video stream"
         raise DecodeError(Reason.NO_VIDEO_STREAM, f"the file has {what}", path=path)
+    # A stream whose codec FFmpeg cannot name (unknown, or its description damaged) has no codec context.
+    candidates = [s for s in candidates if s.codec_context is not None]
+    if not candidates:
+        raise DecodeError(Reason.UNSUPPORTED_CODEC, "no video stream names a codec FFmpeg can decode", path=path)
     return max(
         candidates,
         key=lambda s: (
@@ -112,7 +120,7 @@ def probe(
     """
     path = resolve_source(source, allow_remote=allow_remote, allowed_roots=allowed_roots)
     deadline = time.monotonic() + timeout_s
-    with open_container(path) as container:
+    with open_container(path, allow_remote=allow_remote) as container:
         stream = main_video_stream(container, path)
         ctx = stream.codec_context
         width, height = ctx.width or 0, ctx.height or 0

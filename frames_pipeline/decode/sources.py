@@ -28,6 +28,11 @@ _INDIRECT_MAGIC: tuple[tuple[bytes, str], ...] = (
 INDIRECT_FORMATS = frozenset({"hls", "applehttp", "dash", "concat", "ffconcat", "smil", "imf", "tee", "mpjpeg"})
 
 
+def is_url(text: str) -> bool:
+    """Whether FFmpeg would take ``text`` as a protocol ("http:", "concat:", ...), not a file name."""
+    return bool(_PROTOCOL.match(text))
+
+
 def resolve_source(
     source: str | os.PathLike[str],
     *,
@@ -36,7 +41,7 @@ def resolve_source(
 ) -> str:
     """Return the real local path of ``source`` or raise a DecodeError saying why it is refused."""
     text = os.fspath(source)
-    if _PROTOCOL.match(text) and not Path(text).exists():
+    if is_url(text) and not Path(text).exists():
         if allow_remote:
             return text
         raise DecodeError(Reason.REMOTE_INPUT, f"{text!r} is a URL or protocol, not a local file", path=text)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -66,6 +67,14 @@ class VideoOutcome:
     def status(self) -> str:
         return "ok" if self.ok else "failed"
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields, for ``from_dict`` in a later run."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> VideoOutcome:
+        return cls(**{**fields, "warnings": tuple(fields["warnings"])})
+
     @classmethod
     def failure(cls, job: VideoJob, requested_mode: str, error: DecodeError, seconds: float) -> VideoOutcome:
         return cls(
@@ -86,8 +95,17 @@ class VideoOutcome:
         )
 
 
-def _worker_main(conn: Connection, options: DecodeOptions) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once its parent is gone (killed with -9, say): an orphan would go on decoding
+    and publishing files into a shard that the next run is resuming."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
+
+
+def _worker_main(conn: Connection, options: DecodeOptions, parent: int) -> None:
     """Decode jobs until told to stop; every job gets exactly one reply."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         while True:
             message = conn.recv()
@@ -114,7 +132,7 @@ def _worker_main(conn: Connection, options: DecodeOptions) -> None:
             except Exception as exc:  # a bug must cost one video, not the worker
                 error = DecodeError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", path=job.source)
                 conn.send(("error", error, time.perf_counter() - started))
-    except (EOFError, KeyboardInterrupt):
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent stopped us, or is gone
         pass
     finally:
         close_backends()
@@ -123,7 +141,7 @@ def _worker_main(conn: Connection, options: DecodeOptions) -> None:
 class _Worker:
     def __init__(self, ctx: Any, options: DecodeOptions) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, options), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, options, os.getpid()), daemon=True)
         with _environment(_WORKER_ENV):
             self.process.start()
         child.close()

@@ -51,7 +51,10 @@ class FFmpegCPUBackend:
         previous_level = av.logging.get_level()
         av.logging.set_level(av.logging.WARNING)
         try:
-            with open_container(info.path) as container, av.logging.Capture(local=False) as log:
+            with (
+                open_container(info.path, allow_remote=options.allow_remote) as container,
+                av.logging.Capture(local=False) as log,
+            ):
                 stream = main_video_stream(container, info.path)
                 stream.thread_type = "AUTO" if threaded else "SLICE"
                 stream.thread_count = self.threads if threaded else 1

@@ -78,11 +78,14 @@ class FFmpegGPUBackend:
             steps, inter_h, inter_w = [], info.height, info.width
         pix_fmt = _DOWNLOAD[(info.chroma, info.bit_depth > 8)]
         chain = ",".join([*steps, "hwdownload", f"format={pix_fmt}", "showinfo"])
+        # A local file is named as "file:" under a file-only whitelist: no protocol in its name, and
+        # no nested open (a playlist naming URLs), can make ffmpeg reach anything else.
+        local = ["-protocol_whitelist", "file", "-i", f"file:{info.path}"]
+        source = ["-i", info.path] if options.allow_remote else local
         args = [
             self.binary, "-nostdin", "-hide_banner", "-loglevel", "info",
-            "-protocol_whitelist", "file",
             "-hwaccel", "cuda", "-hwaccel_device", str(self.gpu_id), "-hwaccel_output_format", "cuda",
-            "-noautorotate", "-i", f"file:{info.path}",
+            "-noautorotate", *source,
             "-map", f"0:{info.stream_index}", "-an", "-sn", "-dn",
             "-vf", chain, "-fps_mode", "passthrough",
             "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1",
