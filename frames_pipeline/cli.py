@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--gpu-id", type=int, default=0)
     extract.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per-video limit in seconds")
     extract.add_argument("--ffmpeg", metavar="BINARY", help="ffmpeg executable for ffmpeg_gpu (default: bundled)")
+    extract.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="only read videos under DIR (repeatable; default: any local file)",
+    )
+    extract.add_argument("--allow-remote", action="store_true", help="allow URLs, playlists and concat scripts")
     extract.add_argument("--json", action="store_true", help="print one JSON object per video instead of a table")
 
     probe_cmd = commands.add_parser("probe", help="print what the decoder will see in each video")
@@ -99,7 +107,13 @@ def _extract(args: argparse.Namespace) -> int:
         print(f"several videos share an output name: {', '.join(duplicates)}", file=sys.stderr)
         return EXIT_USAGE
     options = DecodeOptions(
-        output_hw=args.hw, mode=args.mode, gpu_id=args.gpu_id, timeout_s=args.timeout, ffmpeg_binary=args.ffmpeg
+        output_hw=args.hw,
+        mode=args.mode,
+        gpu_id=args.gpu_id,
+        timeout_s=args.timeout,
+        ffmpeg_binary=args.ffmpeg,
+        allowed_roots=tuple(args.allowed_root),
+        allow_remote=args.allow_remote,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [VideoJob(video.stem, str(video), str(args.out / f"{video.stem}.npy")) for video in args.videos]

@@ -76,3 +76,18 @@ def test_shards_lists_pending_and_published(tmp_path: Path, capsys: pytest.Captu
     assert main(["shards", "--data", str(tmp_path), "--shard-size", "2"]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [[f"batch-0000{i}", "pending"] for i in range(3)]
+
+
+def test_allowed_roots_and_remote_input_are_refused(
+    edge_corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["extract", str(edge_corpus["pattern"]), *out, "--allowed-root", str(elsewhere)]) == EXIT_FAILED
+    assert "outside_allowed_roots" in capsys.readouterr().err
+    assert (
+        main(["extract", str(edge_corpus["pattern"]), *out, "--allowed-root", str(edge_corpus["pattern"].parent)]) == 0
+    )
+    assert main(["extract", str(edge_corpus["playlist"]), *out]) == EXIT_FAILED
+    assert "remote_input" in capsys.readouterr().err
