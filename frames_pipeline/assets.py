@@ -18,6 +18,7 @@ import pandas as pd
 from .decode import DecodeError, DecodeOptions, Reason, probe_with_options
 from .decode.errors import printable
 from .decode.workers import VideoJob, VideoOutcome
+from .executors import video_frames_op_tags
 from .manifest import file_hash, manifest_for_stem, parse_shard_key, read_manifest, shard_rows
 from .partitions import video_shards
 from .preview import SheetRow, bar_chart, contact_sheet, markdown_image
@@ -117,6 +118,7 @@ def video_manifest(
     group_name="frames",
     kinds={"numpy"},
     pool="gpu",
+    op_tags=video_frames_op_tags(),  # one GPU on Ray / Kubernetes when the decoder mode needs one
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     check_specs=[
         dg.AssetCheckSpec(FRAME_COUNT_CHECK, asset="video_frames", description="decoded frames = probed frames"),

@@ -4,6 +4,7 @@ import dagster as dg
 
 from .assets import frames_summary, video_frames, video_manifest
 from .automation import manifest_sensor, pending_shards_schedule, shard_job, summary_job
+from .executors import build_executor
 from .resources import FrameDecoderResource, FramesDataResource
 
 frames_data = FramesDataResource()
@@ -14,4 +15,5 @@ defs = dg.Definitions(
     sensors=[manifest_sensor],
     schedules=[pending_shards_schedule],
     resources={"frame_decoder": FrameDecoderResource(), "frames_data": frames_data},
+    executor=build_executor(),  # $FRAMES_PIPELINE_EXECUTOR: multiprocess (default), ray or k8s
 )

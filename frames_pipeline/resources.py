@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr
 
 from .decode import DecodeOptions
 from .decode.workers import DecoderPool, VideoJob, VideoOutcome
+from .executors import decoder_mode as configured_decoder_mode
 from .manifest import DEFAULT_SHARD_SIZE
 from .store import FramesStore, default_data_root
 
@@ -16,7 +17,10 @@ class FrameDecoderResource(dg.ConfigurableResource):
     """Decoder worker processes, started at a step's first decode and reused for every video of the
     shard; also the input rules (allowed roots, remote input) that the probe applies too."""
 
-    decoder_mode: str = Field(default="auto", description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu")
+    decoder_mode: str = Field(
+        default_factory=configured_decoder_mode,
+        description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu (default: $FRAMES_PIPELINE_DECODER_MODE or auto)",
+    )
     gpu_id: int = Field(default=0, description="CUDA device for the GPU modes")
     output_hw: list[int] = Field(default=[27, 48], description="output (height, width)")
     pyncv_batch_size: int = Field(default=64, description="frames per PyNvVideoCodec batch")
