@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def edge_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One file per decoder edge case (see ``make_edge_corpus``), built once per test session."""
     return make_edge_corpus(tmp_path_factory.mktemp("edge_corpus"))
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_defs_state_storage() -> Iterator[None]:
+    """Start every test without Dagster's "current" defs-state storage. Dagster keeps it in a context
+    variable that ``with instance:`` sets; a test that leaves it set hands later tests a storage whose
+    instance is gone, and their definitions then fail to load once that instance is garbage-collected
+    ("Attempted to resolve undefined DagsterInstance weakref")."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield

@@ -222,6 +222,9 @@ def ray_head() -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMES_PIPELINE_", "RAY_ADDRESS"))} | {
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Ray jobs run `dagster api execute_step` through a shell: this venv's bin must be on PATH even
+        # when the tests run as `.venv/bin/python -m pytest` without activating it.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     command = [
         str(Path(sys.executable).with_name("ray")),
