@@ -23,13 +23,13 @@ from .manifest import file_hash, manifest_for_stem, parse_shard_key, read_manife
 from .partitions import video_shards
 from .preview import SheetRow, bar_chart, contact_sheet, markdown_image
 from .resources import FrameDecoderResource, FramesDataResource
-from .store import ShardBusyError, count_values, frames_problem, merge_counts, summarize_shards
+from .store import ShardBusyError, ShardWriter, count_values, frames_problem, merge_counts, summarize_shards
 
 FRAME_COUNT_CHECK = "frame_counts_match_probe"
 ARRAY_CHECK = "arrays_well_formed"
 FAILED_RATIO_CHECK = "failed_ratio"
 _TABLE_LIMIT = 500  # rows of a metadata table shown in the UI
-CONTACT_SHEET = "contact_sheet.png"  # inside each shard folder, published with it
+CONTACT_SHEET = "contact_sheet.png"  # inside each shard version, published with it
 SUMMARY_CHART = "summary.png"  # in the frames folder
 
 
@@ -170,15 +170,16 @@ def video_frames(
                 shard.mark_finished(outcome.key, outcome.source, outcome.to_dict())
             _log_outcome(context, outcome, len(outcomes), len(sources))
         wall_s = time.perf_counter() - started
-        records = [_index_record(row, outcomes[row["video_id"]]) for row in table.to_dict("records")]
+        records = [_index_record(row, outcomes[row["video_id"]], shard) for row in table.to_dict("records")]
         shard.write_index(records)
         checks = _shard_checks(shard.dir, records, options.output_hw, config.max_failed_ratio)
         sheet_rows = [
             SheetRow(r["video_id"], shard.dir / r["frames_file"] if r["frames_file"] else None, r["error_reason"] or "")
             for r in records
         ]
-        # Read into the metadata now: publishing renames the folder the sheet is in.
-        preview = markdown_image(contact_sheet(sheet_rows, shard.dir / CONTACT_SHEET), f"{context.partition_key}")
+        sheet = contact_sheet(sheet_rows)
+        shard.write_file(CONTACT_SHEET, sheet)
+        preview = markdown_image(sheet, context.partition_key)
         blocked = [c for c in checks if not c.passed and c.check_name in (ARRAY_CHECK, FAILED_RATIO_CHECK)]
         if blocked:
             shard.discard()  # judged, not interrupted: nothing to resume
@@ -210,9 +211,9 @@ def frames_summary(context: dg.AssetExecutionContext, frames_data: FramesDataRes
     chart = bar_chart(
         list(shards["shard"]),
         {"frames": list(shards["frames"]), "failed videos": list(shards["failed"])},
-        frames_data.store.frames_dir / SUMMARY_CHART,
         title="frames and failed videos per shard",
     )
+    frames_data.store.write_file(f"frames/{SUMMARY_CHART}", chart)
     return dg.MaterializeResult(
         metadata={
             "num_shards": len(shards),
@@ -240,7 +241,7 @@ def _log_outcome(context: dg.AssetExecutionContext, outcome: VideoOutcome, done:
         context.log.warning(f"[{done}/{total}] {outcome.key}: failed ({outcome.error_reason}: {outcome.error})")
 
 
-def _index_record(row: dict[str, Any], outcome: VideoOutcome) -> dict[str, Any]:
+def _index_record(row: dict[str, Any], outcome: VideoOutcome, shard: ShardWriter) -> dict[str, Any]:
     """One index.parquet row: the manifest row, the probe's count and what the decoder did."""
     expected = row.get("probe_frames")
     return {
@@ -259,7 +260,7 @@ def _index_record(row: dict[str, Any], outcome: VideoOutcome) -> dict[str, Any]:
         "error": outcome.error,
         "warnings": [printable(w) for w in outcome.warnings],
         "decode_seconds": outcome.decode_seconds,
-        "frames_file": Path(outcome.output).name if outcome.output else None,  # written into the shard folder
+        "frames_file": shard.relative(outcome.output) if outcome.output else None,
     }
 
 
@@ -304,7 +305,7 @@ def _shard_checks(
 
 
 def _frames_metadata(
-    records: Sequence[dict[str, Any]], wall_s: float, pool_mode: str, output_hw: tuple[int, int], path: Path
+    records: Sequence[dict[str, Any]], wall_s: float, pool_mode: str, output_hw: tuple[int, int], path: str
 ) -> dict[str, Any]:
     """``video_frames`` metadata. Counts and rates stay int/float: only those are plotted per partition."""
     ok = [r for r in records if r["status"] == "ok"]
@@ -320,7 +321,7 @@ def _frames_metadata(
         "pool_mode": pool_mode,
         "failures": dg.MetadataValue.json(count_values(r["error_reason"] for r in records)),
         "output_hw": dg.MetadataValue.json(list(output_hw)),
-        "path": dg.MetadataValue.path(str(path)),
+        "path": dg.MetadataValue.path(path),
         "videos": _table(
             [
                 {k: r[k] for k in ("video_id", "status", "num_frames", "decode_mode", "error_reason", "error")}

@@ -8,13 +8,21 @@ never publishes, so the older materialization, if any, is still the truth about 
 """
 
 import json
+import posixpath
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import dagster as dg
 
 from .assets import video_frames, video_manifest
-from .manifest import ManifestError, file_hash, find_manifests, manifest_for_stem, parse_shard_key, shard_keys
+from .manifest import (
+    ManifestError,
+    file_hash,
+    find_manifests,
+    manifest_for_stem,
+    manifest_stem,
+    parse_shard_key,
+    shard_keys,
+)
 from .partitions import video_shards
 from .resources import FramesDataResource
 from .store import FramesStore
@@ -51,7 +59,7 @@ def stale_shards(instance: dg.DagsterInstance, store: FramesStore, hashes: Mappi
             if materialization is not None and materialization.partition is not None:
                 value = materialization.metadata.get("manifest_hash")
                 recorded[materialization.partition] = value.value if value is not None else None
-    return sorted(k for k, h in hashes.items() if recorded.get(k) != h or not store.index_path(k).is_file())
+    return sorted(k for k, h in hashes.items() if recorded.get(k) != h or not store.has_index(k))
 
 
 def _in_flight_shards(instance: dg.DagsterInstance) -> set[str]:
@@ -60,9 +68,9 @@ def _in_flight_shards(instance: dg.DagsterInstance) -> set[str]:
     return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
 
 
-def _manifest_shards(folder: Path, path: Path, shard_size: int) -> list[str]:
+def _manifest_shards(folder: str, path: str, shard_size: int) -> list[str]:
     """Shard keys of one manifest; ManifestError if it is invalid or shares its stem with another file."""
-    manifest_for_stem(folder, path.stem)
+    manifest_for_stem(folder, manifest_stem(path))
     return shard_keys(path, shard_size)
 
 
@@ -89,23 +97,23 @@ def manifest_sensor(
     """
     store = frames_data.store
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    current = {p.name: file_hash(p) for p in find_manifests(store.manifests_dir)}
+    current = {posixpath.basename(p): file_hash(p) for p in find_manifests(store.manifests_dir)}
     changed = sorted(name for name, digest in current.items() if seen.get(name) != digest)
-    removed_stems = {Path(name).stem for name in seen.keys() - current.keys()}
+    removed_stems = {manifest_stem(name) for name in seen.keys() - current.keys()}
     if not changed and not removed_stems:
         return dg.SkipReason("no new, changed or removed manifests")
     registered = set(context.instance.get_dynamic_partitions(video_shards.name))
     wanted: dict[str, str] = {}
-    dropped = set(_keys_of_stems(registered, removed_stems - {Path(n).stem for n in current}))
+    dropped = set(_keys_of_stems(registered, removed_stems - {manifest_stem(n) for n in current}))
     for name in changed:
-        path = store.manifests_dir / name
+        path = posixpath.join(store.manifests_dir, name)
         try:
             keys = _manifest_shards(store.manifests_dir, path, frames_data.shard_size)
         except ManifestError as exc:
             context.log.error(f"manifest skipped: {exc}")
             continue
         wanted.update(dict.fromkeys(keys, current[name]))
-        dropped.update(set(_keys_of_stems(registered, {path.stem})) - set(keys))
+        dropped.update(set(_keys_of_stems(registered, {manifest_stem(path)})) - set(keys))
     to_run = stale_shards(context.instance, store, wanted)
     context.log.info(f"{len(changed)} manifest(s) changed: {len(wanted)} shard(s), {len(to_run)} to run")
     new_keys = sorted(wanted.keys() - registered)

@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         help="list shards and their state",
         description="List the shards of every manifest under DATA/manifests and what DATA/frames holds for them.",
     )
-    shards.add_argument("--data", type=Path, default=None, help="data root (default: $FRAMES_PIPELINE_DATA or ./data)")
+    shards.add_argument(
+        "--data", default=None, help="data root, a folder or fsspec URL (default: $FRAMES_PIPELINE_DATA or ./data)"
+    )
     shards.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="videos per shard (100)")
     return parser
 
@@ -199,7 +201,7 @@ def _validate(manifests: list[Path], check_files: bool) -> int:
     return status
 
 
-def _shards(data_root: Path, shard_size: int) -> int:
+def _shards(data_root: str, shard_size: int) -> int:
     if shard_size < 1:
         print("--shard-size must be at least 1", file=sys.stderr)
         return EXIT_USAGE

@@ -1,8 +1,8 @@
 """Read and validate video manifests, make video ids safe, and cut manifests into shards.
 
-A manifest is a CSV, Parquet or JSON Lines file with one video per row: ``path`` is required
-(relative paths resolve against the manifest's folder; URLs stay as written, for the decoder to
-refuse or, with ``allow_remote``, to read), ``video_id`` is optional (derived from the file name
+A manifest is a CSV, Parquet or JSON Lines file, local or at an fsspec URL, with one video per row:
+``path`` is required (relative paths resolve against the manifest's folder; URLs stay as written,
+for the decoder to refuse or, with ``allow_remote``, to read), ``video_id`` is optional (derived from the file name
 when absent), and every other column is carried through. Row numbers in errors are 1-based data
 rows (the CSV header is not a row). File names need not be UTF-8: bytes a text manifest cannot
 decode are kept as surrogate escapes, which is how Python names such files (``os.fsdecode``).
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
+import posixpath
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from .decode.sources import is_url
+from .locations import Location
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 DEFAULT_SHARD_SIZE = 100
@@ -117,29 +120,41 @@ def unique_ids(ids: Sequence[str]) -> list[str]:
 
 def file_hash(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes: what tells a changed manifest from an unchanged one."""
+    file = Location.of(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with file.fs.open(file.path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def find_manifests(folder: str | os.PathLike[str]) -> list[Path]:
+def find_manifests(folder: str | os.PathLike[str]) -> list[str]:
     """Manifest files directly in ``folder`` (hidden files and other suffixes ignored), sorted."""
-    root = Path(folder)
-    if not root.is_dir():
+    root = Location.of(folder)
+    if not root.fs.isdir(root.path):
         return []
+    found = [root.child(posixpath.basename(p)) for p in root.fs.ls(root.path, detail=False)]
     return sorted(
-        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in MANIFEST_SUFFIXES
+        str(f)
+        for f in found
+        if not f.name.startswith(".") and posixpath.splitext(f.name)[1] in MANIFEST_SUFFIXES and f.fs.isfile(f.path)
     )
 
 
-def manifest_for_stem(folder: str | os.PathLike[str], stem: str) -> Path:
+def manifest_stem(path: str | os.PathLike[str]) -> str:
+    """The stem of a manifest file (its name without the suffix): the prefix of its shard keys."""
+    return posixpath.splitext(Location.of(path).name)[0]
+
+
+def manifest_for_stem(folder: str | os.PathLike[str], stem: str) -> str:
     """The one manifest file in ``folder`` whose stem is ``stem``."""
-    matches = [p for p in find_manifests(folder) if p.stem == stem]
+    matches = [p for p in find_manifests(folder) if manifest_stem(p) == stem]
     if len(matches) != 1:
-        what = "no manifest" if not matches else f"several manifests ({', '.join(p.name for p in matches)})"
-        raise ManifestError(Path(folder) / stem, [ManifestProblem(None, None, f"{what} with stem {stem!r}")])
+        names = ", ".join(Location.of(p).name for p in matches)
+        what = "no manifest" if not matches else f"several manifests ({names})"
+        raise ManifestError(
+            str(Location.of(folder).child(stem)), [ManifestProblem(None, None, f"{what} with stem {stem!r}")]
+        )
     return matches[0]
 
 
@@ -164,8 +179,8 @@ def shard_count(num_rows: int, shard_size: int) -> int:
 
 def shard_keys(manifest: str | os.PathLike[str], shard_size: int = DEFAULT_SHARD_SIZE) -> list[str]:
     """Keys of every shard of a manifest file (validates the whole manifest)."""
-    path = Path(manifest)
-    return [shard_key(path.stem, i) for i in range(shard_count(len(read_manifest(path)), shard_size))]
+    rows = read_manifest(manifest)
+    return [shard_key(manifest_stem(manifest), i) for i in range(shard_count(len(rows), shard_size))]
 
 
 def shard_rows(rows: Sequence[ManifestRow], index: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[ManifestRow]:
@@ -175,14 +190,15 @@ def shard_rows(rows: Sequence[ManifestRow], index: int, shard_size: int = DEFAUL
 
 def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
     """Validate a manifest and return its rows; raises ManifestError listing every problem."""
-    file = Path(path)
+    file = Location.of(path)
+    stem = manifest_stem(path)
     problems: list[ManifestProblem] = []
-    if not _STEM.fullmatch(file.stem) or ".." in file.stem:
+    if not _STEM.fullmatch(stem) or ".." in stem:
         problems.append(ManifestProblem(None, None, "the file stem must match [A-Za-z0-9][A-Za-z0-9_.-]*, no '..'"))
     try:
         columns, records = _read_records(file)
     except (OSError, ValueError, csv.Error) as exc:  # unreadable or not the format its suffix says
-        raise ManifestError(file, [ManifestProblem(None, None, f"cannot read: {exc}")]) from None
+        raise ManifestError(str(file), [ManifestProblem(None, None, f"cannot read: {exc}")]) from None
     if "path" not in columns:
         problems.append(ManifestProblem(None, "path", "required column is missing"))
     problems += [
@@ -191,22 +207,22 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
         if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIX)
     ]
     if problems:
-        raise ManifestError(file, problems)
+        raise ManifestError(str(file), problems)
     rows: list[tuple[int, str, str, dict[str, Any]]] = []
     for number, record in enumerate(records, start=1):
-        row = _validate_record(number, record, file.parent.absolute(), problems)
+        row = _validate_record(number, record, file.parent(), problems)
         if row is not None:
             rows.append(row)
     if problems:
-        raise ManifestError(file, problems)
+        raise ManifestError(str(file), problems)
     ids = unique_ids([safe_video_id(raw_id) for _, raw_id, _, _ in rows])
     return [ManifestRow(n, vid, p, extra) for (n, _, p, extra), vid in zip(rows, ids, strict=True)]
 
 
 def _validate_record(
-    number: int, record: Mapping[str, Any], base: Path, problems: list[ManifestProblem]
+    number: int, record: Mapping[str, Any], base: Location, problems: list[ManifestProblem]
 ) -> tuple[int, str, str, dict[str, Any]] | None:
-    """(row, raw id, absolute path, extra columns) of one record, or None after adding its problems."""
+    """(row, raw id, absolute path or URL, extra columns) of one record, or None after adding its problems."""
     raw_path = _text(record.get("path"))
     if raw_path is None:
         problems.append(ManifestProblem(number, "path", "empty or not text"))
@@ -220,41 +236,53 @@ def _validate_record(
     elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
         problems.append(ManifestProblem(number, "video_id", f"must be text or an integer, got {raw_id!r}"))
         return None
-    # A URL joined to base would become a missing file, hiding why it is refused; an absolute
-    # raw_path replaces base.
-    url = is_url(raw_path) and not (base / raw_path).exists()
-    resolved = raw_path if url else os.path.normpath(base / raw_path)
+    if base.is_local:
+        # A URL joined to base would become a missing file, hiding why it is refused; an absolute
+        # raw_path replaces base.
+        url = is_url(raw_path) and not os.path.exists(os.path.join(base.path, raw_path))
+        resolved = raw_path if url else os.path.normpath(os.path.join(base.path, raw_path))
+    else:  # next to a remote manifest a relative path names a remote video: a URL for the decoder's rules
+        relative = not (is_url(raw_path) or os.path.isabs(raw_path))
+        resolved = str(base.child(posixpath.normpath(raw_path))) if relative else raw_path
     extra = {k: _clean_value(v) for k, v in record.items() if k not in ("path", "video_id")}
     return number, str(raw_id), resolved, extra
 
 
-def _read_records(file: Path) -> tuple[list[str], list[Mapping[str, Any]]]:
+def _read_records(file: Location) -> tuple[list[str], list[Mapping[str, Any]]]:
     """Column names and records of a manifest file, by suffix."""
-    if file.suffix == ".csv":
+    suffix = posixpath.splitext(file.name)[1]
+    if suffix == ".csv":
         # surrogateescape: a stray non-UTF-8 byte is reported on its row, not as an unreadable file.
-        with open(file, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        with _open_text(file, newline="") as fh:
             reader = csv.DictReader(fh, restkey="\x00extra")
             records = list(reader)
             columns = [c.strip() for c in reader.fieldnames or []]
         bad = next((i for i, r in enumerate(records, start=1) if "\x00extra" in r), None)
         if bad is not None:
-            raise ManifestError(file, [ManifestProblem(bad, None, "more fields than the header has columns")])
+            raise ManifestError(str(file), [ManifestProblem(bad, None, "more fields than the header has columns")])
         # Blank CSV cells mean "no value", as they do in Parquet and JSON Lines.
         records = [{k.strip(): (v if v not in ("", None) else None) for k, v in r.items()} for r in records]
         return columns, records
-    if file.suffix == ".parquet":
-        table = pq.read_table(file)
+    if suffix == ".parquet":
+        with file.fs.open(file.path, "rb") as fh:
+            table = pq.read_table(fh)
         return list(table.column_names), table.to_pylist()
-    if file.suffix in (".jsonl", ".ndjson"):
+    if suffix in (".jsonl", ".ndjson"):
         return _read_json_lines(file)
-    raise ValueError(f"unsupported manifest type {file.suffix!r}; use one of {', '.join(MANIFEST_SUFFIXES)}")
+    raise ValueError(f"unsupported manifest type {suffix!r}; use one of {', '.join(MANIFEST_SUFFIXES)}")
 
 
-def _read_json_lines(file: Path) -> tuple[list[str], list[Mapping[str, Any]]]:
+def _open_text(file: Location, newline: str | None = None) -> io.TextIOWrapper:
+    return io.TextIOWrapper(
+        file.fs.open(file.path, "rb"), encoding="utf-8-sig", errors="surrogateescape", newline=newline
+    )
+
+
+def _read_json_lines(file: Location) -> tuple[list[str], list[Mapping[str, Any]]]:
     columns: dict[str, None] = {}
     records: list[Mapping[str, Any]] = []
     problems: list[ManifestProblem] = []
-    with open(file, encoding="utf-8-sig", errors="surrogateescape") as fh:
+    with _open_text(file) as fh:
         lines = [line for line in fh if line.strip()]
     for number, line in enumerate(lines, start=1):
         try:
@@ -268,7 +296,7 @@ def _read_json_lines(file: Path) -> tuple[list[str], list[Mapping[str, Any]]]:
         columns.update(dict.fromkeys(record))
         records.append(record)
     if problems:
-        raise ManifestError(file, problems)
+        raise ManifestError(str(file), problems)
     return list(columns), records
 
 

@@ -1,13 +1,13 @@
 """Pictures for people: a contact sheet of a shard's frames and a bar chart of the shard totals.
 
-Both are small PNGs drawn with Pillow, written to disk and embedded in Dagster markdown metadata
-as data URIs, so the UI shows them without serving any file.
+Both are small PNGs drawn with Pillow, returned as bytes (the store keeps them next to the data) and
+embedded in Dagster markdown metadata as data URIs, so the UI shows them without serving any file.
 """
 
 from __future__ import annotations
 
 import base64
-import os
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,8 @@ class SheetRow:
     note: str = ""
 
 
-def contact_sheet(rows: Sequence[SheetRow], path: str | os.PathLike[str], scale: int = 2) -> Path:
-    """Write a PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length, one row per video.
+def contact_sheet(rows: Sequence[SheetRow], scale: int = 2) -> bytes:
+    """A PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length, one row per video.
 
     Frames are memory-mapped, so only the few shown are read. Failed videos get a row with their note.
     """
@@ -56,7 +56,7 @@ def contact_sheet(rows: Sequence[SheetRow], path: str | os.PathLike[str], scale:
             sheet.paste(tile, (_LABEL_W + j * (tile_w + _PAD), top))
     if len(rows) > len(shown):
         draw.text((_PAD, len(shown) * row_h + _PAD), f"... {len(rows) - len(shown)} more videos", fill=_TEXT)
-    return _save(sheet, path)
+    return _png(sheet)
 
 
 def _sample(frames_file: Path) -> np.ndarray:
@@ -67,9 +67,7 @@ def _sample(frames_file: Path) -> np.ndarray:
     return np.asarray(frames[picks])
 
 
-def bar_chart(
-    labels: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike[str], title: str = ""
-) -> Path:
+def bar_chart(labels: Sequence[str], series: dict[str, Sequence[float]], title: str = "") -> bytes:
     """A grouped horizontal bar chart (one group per label, one bar per series) as a PNG."""
     colours = [(90, 160, 240), (240, 110, 100), (120, 200, 120), (230, 190, 80)]
     bar_h, gap, label_w, plot_w = 10, 8, 160, 420
@@ -91,20 +89,15 @@ def bar_chart(
         draw.text((24, legend_top), f"{name} (bars scaled to its own maximum)", fill=(0, 0, 0))
     for i, label in enumerate(labels):
         draw.text((8, 30 + i * group_h), label[:24], fill=(0, 0, 0))
-    return _save(image, path)
+    return _png(image)
 
 
-def _save(image: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Write under a temporary name and rename: a reader never sees half a PNG."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    image.save(partial, format="PNG", optimize=True)
-    os.replace(partial, out)
-    return out
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
-def markdown_image(path: str | os.PathLike[str], alt: str) -> str:
-    """Markdown that shows the PNG at ``path`` inline (a data URI: the UI needs no file server)."""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"![{alt}](data:image/png;base64,{data})"
+def markdown_image(png: bytes, alt: str) -> str:
+    """Markdown that shows ``png`` inline (a data URI: the UI needs no file server)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

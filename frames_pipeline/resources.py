@@ -1,7 +1,6 @@
 """Resources: the frame decoder (worker processes for one step) and the data root settings."""
 
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -83,8 +82,9 @@ class FramesDataResource(dg.ConfigurableResource):
     """Where manifests and frames live, and how many videos make a shard."""
 
     data_root: str = Field(
-        default_factory=lambda: str(default_data_root().resolve()),
-        description="holds manifests/ and frames/ (default: $FRAMES_PIPELINE_DATA or ./data)",
+        default_factory=default_data_root,
+        description="folder or fsspec URL (s3://bucket/prefix) holding manifests/ and frames/"
+        " (default: $FRAMES_PIPELINE_DATA or ./data)",
     )
     shard_size: int = Field(
         default=DEFAULT_SHARD_SIZE, gt=0, description="videos per shard; changing it re-keys shards"
@@ -92,4 +92,4 @@ class FramesDataResource(dg.ConfigurableResource):
 
     @property
     def store(self) -> FramesStore:
-        return FramesStore(Path(self.data_root))
+        return FramesStore(self.data_root)

@@ -84,7 +84,7 @@ def main() -> int:
     print(f"instance: {home}\ndata:     {root}")
     keys = run_all(dg.DagsterInstance.get())
     print_summary(keys)
-    return 0 if all(frames_data.store.index_path(k).is_file() for k in keys) else 1
+    return 0 if all(frames_data.store.has_index(k) for k in keys) else 1
 
 
 if __name__ == "__main__":

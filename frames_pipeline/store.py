@@ -1,32 +1,51 @@
-"""Where frames live on disk, the per-shard index, and publishing a shard atomically.
+"""Where frames live, the per-shard index, and publishing a shard atomically.
 
-Layout under the data root (``$FRAMES_PIPELINE_DATA``, default ``./data``)::
+The data root (``$FRAMES_PIPELINE_DATA``, default ``./data``) is a local folder or an fsspec URL
+such as ``s3://bucket/prefix``; the layout is the same on both::
 
-    manifests/<stem>.csv|.parquet|.jsonl    input manifests
-    frames/<shard key>/<video_id>.npy       (N, H, W, 3) uint8 RGB
-    frames/<shard key>/<video_id>.pts.npy   presentation times in seconds
-    frames/<shard key>/index.parquet        one row per manifest row, ok or failed
+    manifests/<stem>.csv|.parquet|.jsonl          input manifests
+    frames/<shard key>/index.parquet              the published version: one row per manifest row
+    frames/<shard key>/<version>/<video_id>.npy   (N, H, W, 3) uint8 RGB
+    frames/<shard key>/<version>/<video_id>.pts.npy   presentation times in seconds
+    frames/<shard key>/<version>/contact_sheet.png
 
-A shard is written into its work folder ``frames/.<key>.work`` and renamed into place when
-complete; a previous version is moved aside (``.<key>.old``) first and deleted after. Readers
-therefore see the old shard, no shard (for the instant between the two renames), or the new one,
-never a partial one. An exclusive ``flock`` on ``frames/.<key>.lock`` lets one writer at a time
-work on a shard; the kernel releases it when a writer dies, so a crash never leaves the shard locked.
+One publish rule holds everywhere: a version is written in full under its own folder
+(``v-<UTC time>-<random>``), then the index that names it (``frames_file`` is relative to the shard
+folder) replaces the previous index in one step: a rename on a local disk, a single PUT on object
+storage. Readers that go through the index therefore see the old version or the new one, never a
+partial one. The version the previous index named is deleted after.
 
-The work folder's name is fixed so that the next run finds what a killed one left: each finished
-video gets a marker (``.done/<video_id>.json``: its outcome, and its source's size, mtime and inode),
-and a resuming writer keeps exactly the videos whose marker, files and source still agree.
+Each shard is written on local disk first, in its work folder ``<staging>/.<key>.work``, where
+``<staging>`` is the frames folder itself for a local root (so the version moves into place with a
+rename) and ``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote one. An exclusive
+``flock`` on ``<staging>/.<key>.lock`` lets one writer at a time work on a shard there; the kernel
+releases it when a writer dies. Writers on different machines of a remote root cannot share that
+lock, and do not need it for safety: each uploads its own version folder, the last index written
+wins, and a writer deletes only the version it replaced and versions older than a day that no index
+names (what a writer killed mid-upload leaves).
+
+The work folder's name is fixed so that the next run on the same machine finds what a killed one
+left: each finished video gets a marker (``.done/<video_id>.json``: its outcome, and its source's
+size, mtime and inode), and a resuming writer keeps exactly the videos whose marker, files and
+source still agree.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import posixpath
+import re
+import secrets
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,9 +56,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .decode import pts_path
+from .locations import Location
 
 DATA_ENV = "FRAMES_PIPELINE_DATA"
+STAGING_ENV = "FRAMES_PIPELINE_STAGING"
 INDEX_NAME = "index.parquet"
+# Unreferenced versions older than this are what a dead writer left, not a live writer's upload.
+STALE_VERSION_AGE = timedelta(days=1)
+_VERSION = re.compile(r"v-(?P<time>\d{8}T\d{12})-[0-9a-f]{8}")
+_VERSION_TIME = "%Y%m%dT%H%M%S%f"
+_VERSION_KEY = "frames_pipeline.version"  # index.parquet metadata: the version folder it publishes
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -58,14 +84,14 @@ INDEX_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("warnings", pa.list_(pa.string())),
         ("decode_seconds", pa.float64()),
-        ("frames_file", pa.string()),  # relative to the shard folder; null when failed
+        ("frames_file", pa.string()),  # "<version>/<video_id>.npy", relative to the shard folder; null when failed
     ]
 )
 
 
-def default_data_root() -> Path:
-    """``$FRAMES_PIPELINE_DATA``, or ``./data``."""
-    return Path(os.environ.get(DATA_ENV) or "data")
+def default_data_root() -> str:
+    """``$FRAMES_PIPELINE_DATA``, or ``./data`` made absolute."""
+    return os.environ.get(DATA_ENV) or str(Path("data").resolve())
 
 
 class ShardBusyError(RuntimeError):
@@ -74,28 +100,81 @@ class ShardBusyError(RuntimeError):
 
 @dataclass(frozen=True)
 class FramesStore:
-    """The data root's layout. Pure paths and files: no Dagster here."""
+    """The data root's layout: a local folder or an fsspec URL. No Dagster here."""
 
-    root: Path
+    root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", os.fspath(self.root))  # a Path is welcome too
+
+    @cached_property
+    def location(self) -> Location:
+        return Location.of(self.root)
 
     @property
-    def manifests_dir(self) -> Path:
-        return self.root / "manifests"
+    def manifests_dir(self) -> str:
+        return str(self.location.child("manifests"))
 
     @property
-    def frames_dir(self) -> Path:
-        return self.root / "frames"
+    def frames_dir(self) -> str:
+        return str(self.location.child("frames"))
 
-    def shard_dir(self, key: str) -> Path:
-        return self.frames_dir / key
+    def shard_dir(self, key: str) -> str:
+        return str(self._shard(key))
 
-    def index_path(self, key: str) -> Path:
-        return self.shard_dir(key) / INDEX_NAME
+    def index_path(self, key: str) -> str:
+        return str(self._shard(key).child(INDEX_NAME))
+
+    def has_index(self, key: str) -> bool:
+        """Whether shard ``key`` has been published."""
+        index = self._shard(key).child(INDEX_NAME)
+        return bool(index.fs.isfile(index.path))
 
     def read_index(self, key: str) -> pd.DataFrame | None:
         """The published index of shard ``key``, or None if the shard has never been published."""
-        path = self.index_path(key)
-        return pd.read_parquet(path) if path.is_file() else None
+        index = self._shard(key).child(INDEX_NAME)
+        try:
+            with index.fs.open(index.path, "rb") as fh:
+                return pd.read_parquet(fh)
+        except FileNotFoundError:
+            return None
+
+    def read_frames(self, key: str, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The frames (N, H, W, 3) and timestamps (N,) of one video of the published shard ``key``.
+
+        Raises FileNotFoundError when the shard is not published, KeyError for an unknown video and
+        ValueError, with the recorded reason, for a video that failed to decode."""
+        index = self.read_index(key)
+        if index is None:
+            raise FileNotFoundError(f"shard {key} is not published in {self.frames_dir}")
+        rows = index[index["video_id"] == video_id]
+        if rows.empty:
+            raise KeyError(f"shard {key} has no video {video_id!r}")
+        row = rows.iloc[0]
+        if row["status"] != "ok":
+            raise ValueError(f"video {video_id!r} of shard {key} failed: {row['error_reason']}: {row['error']}")
+        frames = self._shard(key).child(row["frames_file"])
+        return _load_array(frames), _load_array(frames.parent().child(pts_path(frames.name).name))
+
+    def write_file(self, relative: str, data: bytes) -> str:
+        """Replace the file at ``relative`` (to the root) with ``data`` in one step; returns its location."""
+        target = self.location.child(relative)
+        if target.is_local:
+            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+            partial = f"{target.path}.{secrets.token_hex(4)}.partial"
+            Path(partial).write_bytes(data)
+            os.replace(partial, target.path)
+        else:
+            target.fs.pipe_file(target.path, data)  # one PUT: the object appears whole or not at all
+        return str(target)
+
+    @property
+    def staging_dir(self) -> Path:
+        """Local folder holding the shards being written: the frames folder for a local root."""
+        if self.location.is_local:
+            return Path(self.location.path) / "frames"
+        base = Path(os.environ.get(STAGING_ENV) or tempfile.gettempdir())
+        return base / "frames_pipeline" / hashlib.sha256(self.root.encode()).hexdigest()[:16]
 
     def open_shard(self, key: str, *, resume: bool = False) -> ShardWriter:
         """Start writing a new version of shard ``key``; raises ShardBusyError if another writer holds it.
@@ -103,6 +182,9 @@ class FramesStore:
         With ``resume``, the work an unpublished earlier run left stays for ``resume_finished``.
         """
         return ShardWriter(self, key, resume=resume)
+
+    def _shard(self, key: str) -> Location:
+        return self.location.child("frames", key)
 
 
 class ShardWriter:
@@ -116,23 +198,35 @@ class ShardWriter:
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"unsafe shard key {key!r}")
         self.store, self.key, self.resume = store, key, resume
-        store.frames_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(store.frames_dir / f".{key}.lock", "a+b")  # noqa: SIM115 - held until close
+        staging = store.staging_dir
+        staging.mkdir(parents=True, exist_ok=True)
+        self._lock = open(staging / f".{key}.lock", "a+b")  # noqa: SIM115 - held until close
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise ShardBusyError(f"shard {key} is being written by another run") from None
-        self.dir = store.frames_dir / f".{key}.work"
-        self._old = store.frames_dir / f".{key}.old"
+        self.dir = staging / f".{key}.work"
         self._done = self.dir / ".done"
-        self._recover()
+        self.version = _new_version()
+        if not resume:
+            self.discard()
+        self._adopt_earlier_version()
         self._done.mkdir(parents=True, exist_ok=True)
         self.published = False
 
+    @property
+    def version_dir(self) -> Path:
+        """The folder that becomes ``frames/<key>/<version>`` when published."""
+        return self.dir / self.version
+
     def frames_path(self, video_id: str) -> Path:
         """Where the frames of ``video_id`` go while the shard is being written."""
-        return self.dir / f"{video_id}.npy"
+        return self.version_dir / f"{video_id}.npy"
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """A file of this version as the index names it: relative to the shard folder (and to ``dir``)."""
+        return f"{self.version}/{Path(path).name}"
 
     def mark_finished(self, video_id: str, source: str, outcome: Mapping[str, Any]) -> None:
         """Record that ``video_id``'s files are complete, with its ``outcome`` (JSON-able) for a run
@@ -162,34 +256,52 @@ class ShardWriter:
                 kept[video_id] = marker["outcome"]
         frames = [self.frames_path(video_id) for video_id in kept]
         files = {p.name for path in frames for p in (path, pts_path(path))}
+        for entry in self.version_dir.iterdir():
+            if entry.name not in files:
+                _remove(entry)
         for entry in self.dir.iterdir():
-            if entry.name not in files and entry != self._done:
+            if entry not in (self._done, self.version_dir):
                 _remove(entry)
         for marker in self._done.iterdir():
             if marker.name.removesuffix(".json") not in kept:
                 _remove(marker)
         return kept
 
+    def write_file(self, name: str, data: bytes) -> Path:
+        """Add a small file (a contact sheet) to the version."""
+        path = self.version_dir / name
+        path.write_bytes(data)
+        _fsync(path)
+        return path
+
     def write_index(self, records: Iterable[Mapping[str, Any]]) -> Path:
         """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard."""
-        table = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA)
+        table = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA.with_metadata({_VERSION_KEY: self.version}))
         path = self.dir / INDEX_NAME
         pq.write_table(table, path)
         _fsync(path)
         return path
 
-    def publish(self) -> Path:
-        """Swap the new version in; returns the published folder."""
-        final = self.store.shard_dir(self.key)
-        shutil.rmtree(self._done)  # resume bookkeeping is not part of the shard
-        _fsync(self.dir)
-        if final.exists():
-            os.rename(final, self._old)
-        os.rename(self.dir, final)
-        _fsync(self.store.frames_dir)
-        shutil.rmtree(self._old, ignore_errors=True)
+    def publish(self) -> str:
+        """Move the version into the store, then its index; returns the shard's location."""
+        shard = self.store._shard(self.key)
+        index = self.dir / INDEX_NAME
+        if not index.is_file():
+            raise RuntimeError(f"shard {self.key}: write_index before publish")
+        replaced = _published_version(self.store, self.key)
+        if shard.is_local:
+            Path(shard.path).mkdir(parents=True, exist_ok=True)
+            _fsync(self.version_dir)
+            os.rename(self.version_dir, Path(shard.path) / self.version)
+            os.replace(index, Path(shard.path) / INDEX_NAME)
+            _fsync(Path(shard.path))
+        else:
+            _upload_folder(self.version_dir, shard.child(self.version))
+            shard.fs.put_file(str(index), shard.child(INDEX_NAME).path)  # one PUT publishes the version
         self.published = True
-        return final
+        self._remove_old_versions(shard, replaced)
+        self.discard()
+        return str(shard)
 
     def discard(self) -> None:
         """Delete the work, resumable or not."""
@@ -209,15 +321,25 @@ class ShardWriter:
     ) -> None:
         self.close()
 
-    def _recover(self) -> None:
-        """Clean up after writers that died (we hold the lock, so none is running): restore a
-        published version moved aside just before a crash, and drop their work unless resuming."""
-        final = self.store.shard_dir(self.key)
-        if self._old.exists() and not final.exists():
-            os.rename(self._old, final)
-        shutil.rmtree(self._old, ignore_errors=True)
-        if not self.resume:
-            self.discard()
+    def _adopt_earlier_version(self) -> None:
+        """Give the version folder a resumed run left this run's version name (a fresh time for the
+        stale-version rule); start an empty one otherwise."""
+        earlier = [p for p in self.dir.iterdir() if _VERSION.fullmatch(p.name)] if self.dir.is_dir() else []
+        if earlier:
+            os.rename(earlier[0], self.version_dir)
+        self.version_dir.mkdir(parents=True, exist_ok=True)
+
+    def _remove_old_versions(self, shard: Location, replaced: str | None) -> None:
+        """After publishing: a local shard is ours alone (the lock), so everything but the new version
+        and the index goes. On shared storage another machine may be uploading a version right now:
+        only the replaced version and stale unreferenced ones go."""
+        oldest_live = datetime.now(UTC) - STALE_VERSION_AGE
+        for entry in shard.fs.ls(shard.path, detail=False):
+            name = posixpath.basename(entry.rstrip("/"))
+            if name in (self.version, INDEX_NAME):
+                continue
+            if shard.is_local or name == replaced or (_version_time(name) or oldest_live) < oldest_live:
+                shard.fs.rm(shard.child(name).path, recursive=True)
 
     def _marker(self, video_id: str) -> dict[str, Any] | None:
         try:
@@ -225,6 +347,47 @@ class ShardWriter:
         except (OSError, ValueError):
             return None
         return marker if isinstance(marker, dict) and isinstance(marker.get("outcome"), dict) else None
+
+
+def _new_version() -> str:
+    return f"v-{datetime.now(UTC).strftime(_VERSION_TIME)}-{secrets.token_hex(4)}"
+
+
+def _version_time(name: str) -> datetime | None:
+    match = _VERSION.fullmatch(name)
+    return datetime.strptime(match["time"], _VERSION_TIME).replace(tzinfo=UTC) if match else None
+
+
+def _published_version(store: FramesStore, key: str) -> str | None:
+    """The version folder the published index of ``key`` names, if any."""
+    index = store._shard(key).child(INDEX_NAME)
+    try:
+        with index.fs.open(index.path, "rb") as fh:
+            metadata = pq.read_schema(fh).metadata or {}
+    except FileNotFoundError:
+        return None
+    version = metadata.get(_VERSION_KEY.encode())
+    return version.decode() if version else None
+
+
+def _upload_folder(folder: Path, target: Location) -> None:
+    """Copy every file of ``folder`` to ``target`` and check that each arrived whole."""
+    local = sorted(p for p in folder.iterdir() if p.is_file())
+    if not local:
+        return  # object storage has no empty folders
+    target.fs.put([str(p) for p in local], [target.child(p.name).path for p in local])
+    target.fs.invalidate_cache(target.path)
+    uploaded = {posixpath.basename(e["name"]): e["size"] for e in target.fs.ls(target.path, detail=True)}
+    missing = [p.name for p in local if uploaded.get(p.name) != p.stat().st_size]
+    if missing:
+        raise OSError(f"upload to {target} incomplete: {', '.join(missing[:10])}")
+
+
+def _load_array(file: Location) -> np.ndarray:
+    if file.is_local:
+        return np.load(file.path)
+    with file.fs.open(file.path, "rb") as fh:
+        return np.load(fh)
 
 
 def frames_problem(frames_path: Path, num_frames: int | None, output_hw: tuple[int, int]) -> str | None:

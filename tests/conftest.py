@@ -1,7 +1,10 @@
-"""Shared fixtures: the real-video edge corpus, and skipping ``gpu`` tests on machines without CUDA."""
+"""Shared fixtures: the real-video edge corpus, an S3 endpoint on 127.0.0.1, and skipping ``gpu``
+tests on machines without CUDA."""
 
 from __future__ import annotations
 
+import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +42,37 @@ def _no_inherited_defs_state_storage() -> Iterator[None]:
 
     with set_defs_state_storage(None):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (a real HTTP endpoint: step subprocesses reach it too)."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh bucket as data root, reached the way users configure one: AWS variables only."""
+    import fsspec
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FRAMES_PIPELINE_STAGING": str(tmp_path / "staging"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"frames-{secrets.token_hex(4)}"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir(bucket)
+    fsspec.filesystem("s3").invalidate_cache()
+    return f"s3://{bucket}/data"

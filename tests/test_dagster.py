@@ -11,10 +11,12 @@ import pytest
 from frames_pipeline.assets import frames_summary, video_frames, video_manifest
 from frames_pipeline.automation import manifest_sensor, pending_shards_schedule
 from frames_pipeline.definitions import defs
+from frames_pipeline.locations import Location
 from frames_pipeline.manifest import file_hash
 from frames_pipeline.partitions import video_shards
 from frames_pipeline.resources import FrameDecoderResource, FramesDataResource
 from frames_pipeline.samples import write_video
+from frames_pipeline.store import FramesStore
 
 CLIPS = {"v0": 6, "v1": 7, "v2": 8, "v3": 5}  # name -> frame count
 SHARD_SIZE = 2
@@ -45,14 +47,14 @@ def write_manifest(root: Path, stem: str, files: list[str]) -> Path:
     return path
 
 
-def resources(root: Path) -> dict[str, dg.ConfigurableResource]:
+def resources(root: Path | str) -> dict[str, dg.ConfigurableResource]:
     return {
         "frames_data": FramesDataResource(data_root=str(root), shard_size=SHARD_SIZE),
         "frame_decoder": FrameDecoderResource(workers=1, decoder_mode="auto"),
     }
 
 
-def run_shard(instance: dg.DagsterInstance, root: Path, key: str) -> dg.ExecuteInProcessResult:
+def run_shard(instance: dg.DagsterInstance, root: Path | str, key: str) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(video_shards.name, [key])
     return dg.materialize(
         [video_manifest, video_frames],
@@ -92,13 +94,17 @@ def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: d
     assert check_results(result) == {"frame_counts_match_probe": True, "arrays_well_formed": True, "failed_ratio": True}
 
     shard = data_root / "frames" / "clips-00001"
-    assert sorted(p.name for p in shard.iterdir()) == ["contact_sheet.png", "index.parquet", "v2.npy", "v2.pts.npy"]
-    frames = np.load(shard / "v2.npy")
+    index = pd.read_parquet(shard / "index.parquet").set_index("video_id")
+    version = index.loc["v2", "frames_file"].split("/")[0]
+    assert sorted(str(p.relative_to(shard)) for p in shard.rglob("*") if p.is_file()) == [
+        "index.parquet",
+        *(f"{version}/{name}" for name in ("contact_sheet.png", "v2.npy", "v2.pts.npy")),
+    ]
+    frames, pts = FramesStore(data_root).read_frames("clips-00001", "v2")
     assert frames.shape == (CLIPS["v2"], 27, 48, 3) and frames.dtype == np.uint8
-    assert np.load(shard / "v2.pts.npy").shape == (CLIPS["v2"],)
+    assert pts.shape == (CLIPS["v2"],)
     assert sorted(p.name for p in (data_root / "frames").iterdir()) == [".clips-00001.lock", "clips-00001"]
 
-    index = pd.read_parquet(shard / "index.parquet").set_index("video_id")
     assert index.loc["v2", ["status", "num_frames", "expected_frames", "height", "width"]].tolist() == [
         "ok",
         CLIPS["v2"],
@@ -127,6 +133,43 @@ def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: d
     assert values["manifest_hash"] == file_hash(data_root / "manifests" / "clips.csv")
     assert len(values["videos"].records) == 2
     assert values["preview"].startswith("![clips-00001](data:image/png;base64,")
+
+
+def test_shard_run_on_object_storage(
+    data_root: Path, s3_root: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """Manifests, frames, indexes and the summary chart in a bucket; the videos stay on local disk."""
+    fs = Location.of(s3_root).fs
+    videos = [data_root / "videos" / f"{name}.mp4" for name in ("v0", "v1", "v2", "bad")]
+    fs.pipe_file(f"{s3_root}/manifests/clips.csv", ("path\n" + "".join(f"{v}\n" for v in videos)).encode())
+    res = {"frames_data": resources(s3_root)["frames_data"]}
+    sensor = manifest_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    assert isinstance(sensor, dg.SensorResult)
+    assert [r.partition_key for r in sensor.run_requests] == ["clips-00000", "clips-00001"]
+
+    for key in ("clips-00000", "clips-00001"):
+        result = run_shard(instance, s3_root, key)
+        assert result.success
+        metadata = result.asset_materializations_for_node("video_frames")[0].metadata
+        assert metadata["path"].value == f"{s3_root}/frames/{key}"
+    store = FramesStore(s3_root)
+    for name in ("v0", "v1", "v2"):
+        key = "clips-00000" if name in ("v0", "v1") else "clips-00001"
+        frames, pts = store.read_frames(key, name)
+        assert frames.shape == (CLIPS[name], 27, 48, 3) and pts.shape == (CLIPS[name],)
+    assert store.read_index("clips-00001").set_index("video_id").loc["bad", "status"] == "failed"
+    assert not list((tmp_path / "staging").rglob("*.npy"))  # nothing left behind on the worker's disk
+
+    # Up to date now: neither the sensor (lost cursor) nor the schedule asks for these shards again.
+    again = manifest_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    assert isinstance(again, dg.SensorResult) and again.run_requests == []
+    schedule = pending_shards_schedule(dg.build_schedule_context(instance=instance, resources=res))
+    assert isinstance(schedule, dg.SkipReason)
+
+    summary = dg.materialize([frames_summary], instance=instance, resources=resources(s3_root))
+    values = {k: v.value for k, v in summary.asset_materializations_for_node("frames_summary")[0].metadata.items()}
+    assert (values["num_shards_published"], values["frame_count"]) == (2, CLIPS["v0"] + CLIPS["v1"] + CLIPS["v2"])
+    assert fs.cat_file(f"{s3_root}/frames/summary.png")[:4] == b"\x89PNG"
 
 
 def test_bad_shard_is_not_published(data_root: Path, instance: dg.DagsterInstance) -> None:
@@ -243,3 +286,13 @@ def test_decoder_resource_knows_its_effective_mode() -> None:
         assert built.frame_decoder.decode_options().output_hw == (18, 32)
     with pytest.raises(ValueError, match="unknown decode mode"):
         FrameDecoderResource(decoder_mode="gpu").decode_options()
+
+
+def test_instance_settings_allow_one_run_per_shard(tmp_path: Path) -> None:
+    (tmp_path / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+    assert queue is not None
+    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in (
+        queue.tag_concurrency_limits
+    )

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from dagster_k8s import DagsterK8sJobConfig, construct_dagster_k8s_job
@@ -36,8 +34,10 @@ from frames_pipeline.executors import (
     decoder_mode,
     video_frames_op_tags,
 )
+from frames_pipeline.locations import Location
 from frames_pipeline.partitions import video_shards
 from frames_pipeline.samples import write_video
+from frames_pipeline.store import FramesStore
 
 REPO = Path(__file__).resolve().parent.parent
 HELM_VALUES = REPO / "deploy" / "helm" / "values.yaml"
@@ -262,26 +262,30 @@ def ray_head() -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def write_shards(root: Path) -> dict[str, dict[str, int]]:
-    """Tiny H.264 clips and one manifest per stem; returns {shard key: {video: frames}}."""
-    (root / "videos").mkdir(parents=True)
-    (root / "manifests").mkdir()
+def write_shards(videos: Path, data_root: str) -> dict[str, dict[str, int]]:
+    """Tiny H.264 clips in ``videos`` and one manifest per stem under ``data_root`` (a bucket);
+    returns {shard key: {video: frames}}."""
+    videos.mkdir(parents=True)
+    manifests = Location.of(data_root).child("manifests")
     for stem, clips in CLIPS.items():
         for name, frames in clips.items():
-            write_video(root / "videos" / f"{name}.mp4", frames, size=(32, 48))
-        rows = "".join(f"../videos/{name}.mp4\n" for name in clips)
-        (root / "manifests" / f"{stem}.csv").write_text("path\n" + rows)
+            write_video(videos / f"{name}.mp4", frames, size=(32, 48))
+        rows = "".join(f"{videos / name}.mp4\n" for name in clips)
+        manifests.fs.pipe_file(manifests.child(f"{stem}.csv").path, ("path\n" + rows).encode())
     return {f"{stem}-00000": clips for stem, clips in CLIPS.items()}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * RAY_TEST_LIMIT_S)
-def test_ray_executor_materializes_two_shards(ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_executor_materializes_two_shards(
+    ray_head: str, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps run as Ray jobs and share the data root the way separate machines would: through S3."""
     started = time.monotonic()
-    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())  # with the "gpu" pool limit of 1
-    shards = write_shards(data)
+    shards = write_shards(tmp_path / "videos", s3_root)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(video_shards.name, list(shards))
@@ -289,11 +293,12 @@ def test_ray_executor_materializes_two_shards(ray_head: str, tmp_path: Path, mon
     # The Ray head has none of our settings: the executor forwards them to each step (run config).
     run_config = tmp_path / "run_config.yaml"
     forwarded = ["FRAMES_PIPELINE_DATA", "FRAMES_PIPELINE_EXECUTOR", "FRAMES_PIPELINE_DECODER_MODE"]
+    forwarded += ["FRAMES_PIPELINE_STAGING", *(name for name in os.environ if name.startswith("AWS_"))]
     run_config.write_text(yaml.safe_dump({"execution": {"config": {"ray": {"env_vars": forwarded}}}}))
     env = os.environ | {
         EXECUTOR_ENV: "ray",
         DECODER_MODE_ENV: "ffmpeg_cpu",
-        "FRAMES_PIPELINE_DATA": str(data),
+        "FRAMES_PIPELINE_DATA": s3_root,
         "RAY_ADDRESS": ray_head,
         "DAGSTER_HOME": str(home),
     }
@@ -318,12 +323,12 @@ def test_ray_executor_materializes_two_shards(ray_head: str, tmp_path: Path, mon
     assert sorted(j.metadata["dagster/op"] for j in jobs) == sorted(["video_manifest", "video_frames"] * len(shards))
     assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
 
+    store = FramesStore(s3_root)
     for key, clips in shards.items():
-        folder = data / "frames" / key
         for name, frames in clips.items():
-            assert np.load(folder / f"{name}.npy").shape == (frames, 27, 48, 3)
-            assert np.load(folder / f"{name}.pts.npy").shape == (frames,)
-        index = pd.read_parquet(folder / "index.parquet").set_index("video_id")
+            video, pts = store.read_frames(key, name)
+            assert video.shape == (frames, 27, 48, 3) and pts.shape == (frames,)
+        index = store.read_index(key).set_index("video_id")
         assert index["status"].to_dict() == dict.fromkeys(clips, "ok")
         assert index["num_frames"].to_dict() == clips
 
@@ -336,5 +341,5 @@ def test_ray_executor_materializes_two_shards(ray_head: str, tmp_path: Path, mon
             assert (values["num_videos"], values["num_ok"], values["num_failed"]) == (len(clips), len(clips), 0)
             assert values["frame_count"] == sum(clips.values())
             assert values["decode_mode"] == {"ffmpeg_cpu": len(clips)}
-            assert values["path"] == str(data / "frames" / key)
+            assert values["path"] == f"{s3_root}/frames/{key}"
     assert time.monotonic() - started < RAY_TEST_LIMIT_S

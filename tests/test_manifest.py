@@ -175,8 +175,8 @@ def test_shards(tmp_path: Path) -> None:
 def test_find_manifests_and_stem_collisions(tmp_path: Path) -> None:
     for name in ("a.csv", "b.jsonl", ".hidden.csv", "notes.txt", "b.csv"):
         (tmp_path / name).write_text("path\n")
-    assert [p.name for p in find_manifests(tmp_path)] == ["a.csv", "b.csv", "b.jsonl"]
-    assert manifest_for_stem(tmp_path, "a").name == "a.csv"
+    assert find_manifests(tmp_path) == [str(tmp_path / n) for n in ("a.csv", "b.csv", "b.jsonl")]
+    assert manifest_for_stem(tmp_path, "a") == str(tmp_path / "a.csv")
     with pytest.raises(ManifestError, match="several manifests"):
         manifest_for_stem(tmp_path, "b")
     with pytest.raises(ManifestError, match="no manifest"):

@@ -158,7 +158,7 @@ def test_every_bad_input_through_one_shard(
             continue
         frames = np.load(shard / row["frames_file"])
         assert frames.shape == (row["num_frames"], 27, 48, 3) and frames.dtype == np.uint8
-        assert np.load(shard / f"{video_id}.pts.npy").shape == (row["num_frames"],)
+        assert np.load(pts_path(shard / row["frames_file"])).shape == (row["num_frames"],)
         if video_id in DECODES_WITH_WARNINGS:
             assert 0 < row["num_frames"] <= row["expected_frames"] and row["warnings"]
         else:
@@ -171,8 +171,9 @@ def test_every_bad_input_through_one_shard(
     assert probed["symlink_out"] == Reason.OUTSIDE_ALLOWED_ROOTS and probed["url"] == Reason.REMOTE_INPUT
 
     ok_ids = [v for v, (s, _) in status.items() if s == "ok"]
-    assert {p.name for p in shard.glob("*.npy")} == {f"{v}{ext}" for v in ok_ids for ext in (".npy", ".pts.npy")}
-    assert not [p for p in shard.rglob("*") if p.name.startswith(".") or p.is_dir()]
+    assert {p.name for p in shard.rglob("*.npy")} == {f"{v}{ext}" for v in ok_ids for ext in (".npy", ".pts.npy")}
+    assert not [p for p in shard.rglob("*") if p.name.startswith(".")]
+    assert len([p for p in shard.iterdir() if p.is_dir()]) == 1  # one version
     assert sorted(p.name for p in (root / "frames").iterdir()) == [".edge-00000.lock", "edge-00000"]
     created = all_files(tmp_path, clips.parent) - before
     assert {p for p in created if not p.is_relative_to(shard)} == {root / "frames" / ".edge-00000.lock"}
@@ -202,7 +203,8 @@ print("num_resumed", result.asset_materializations_for_node("video_frames")[0].m
 
 class FolderWatcher(threading.Thread):
     """Samples the frames folder while runs write, recording what no reader may ever see: a
-    visible shard with hidden or unreadable files, or a frames file that does not load whole."""
+    visible shard with hidden files, or with an index naming a file that is missing or does not
+    load whole (one writer at a time here, so no version is deleted under a reader)."""
 
     def __init__(self, frames: Path, key: str) -> None:
         super().__init__(daemon=True)
@@ -224,20 +226,25 @@ class FolderWatcher(threading.Thread):
         visible = [p.name for p in self.frames.iterdir() if not p.name.startswith(".")]
         problems = [f"visible {name}" for name in visible if name != self.key]
         published, work = self.frames / self.key, self.frames / f".{self.key}.work"
-        if published.exists():
+        if (published / "index.parquet").exists():
             index = pd.read_parquet(published / "index.parquet")
-            listed = {name for f in index["frames_file"].dropna() for name in (f, pts_path(f).name)}
-            problems += [
-                f"published {p.name}, not in the index" for p in published.glob("*.npy") if p.name not in listed
-            ]
-            problems += [f"published {p.name}" for p in published.iterdir() if p.name.startswith(".")]
-        for folder in (published, work):
-            for path in folder.glob("*.npy") if folder.exists() else ():
-                try:
-                    np.load(path, mmap_mode="r")  # fails if the header promises more bytes than the file has
-                except ValueError as exc:
-                    problems.append(f"{path.name}: {exc}")
+            named = [published / f for f in index["frames_file"].dropna()]
+            checked = [(p, self.unloadable(p)) for f in named for p in (f, pts_path(f))]
+            problems += [f"{p.name}: {why}" for p, why in checked if why]
+            problems += [f"published {p.name}" for p in published.rglob(".*")]
+        for path in work.rglob("*.npy") if work.exists() else ():
+            with contextlib.suppress(FileNotFoundError):  # renamed into the shard mid-sample
+                if why := self.unloadable(path):
+                    problems.append(f"{path.name}: {why}")
         return problems
+
+    @staticmethod
+    def unloadable(path: Path) -> str | None:
+        try:
+            np.load(path, mmap_mode="r")  # fails if the header promises more bytes than the file has
+        except (OSError, ValueError) as exc:
+            return str(exc)
+        return None
 
 
 def child_pids(pid: int) -> set[int]:
@@ -296,7 +303,7 @@ def test_killed_run_leaves_nothing_visible_and_the_rerun_resumes(slow_clip: Path
         assert not (frames / key).exists()
         finished = {p.stem: p for p in work.glob(".done/*.json")}
         assert 0 < len(finished) < 6
-        before = {v: (work / f"{v}.npy").stat() for v in finished}
+        before = {v: next(work.glob(f"v-*/{v}.npy")).stat() for v in finished}
 
         rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
@@ -309,9 +316,9 @@ def test_killed_run_leaves_nothing_visible_and_the_rerun_resumes(slow_clip: Path
     index = pd.read_parquet(shard / "index.parquet")
     assert index["status"].tolist() == ["ok"] * 6 and index["num_frames"].tolist() == [240] * 6
     arrays = {f"v{i}{ext}" for i in range(6) for ext in (".npy", ".pts.npy")}
-    assert {p.name for p in shard.glob("*.npy")} == arrays
+    assert {p.name for p in shard.rglob("*.npy")} == arrays
     for video_id, stat in before.items():  # kept, not decoded again
-        kept = (shard / f"{video_id}.npy").stat()
+        kept = next(shard.glob(f"v-*/{video_id}.npy")).stat()
         assert (kept.st_ino, kept.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
     assert sorted(p.name for p in frames.iterdir()) == [f".{key}.lock", key]
 
@@ -487,7 +494,7 @@ def test_disk_full_during_a_shard(
     index = pd.read_parquet(shard / "index.parquet").set_index("video_id")
     assert index.loc["big", ["status", "error_reason"]].tolist() == ["failed", "write_failed"]
     assert index.loc["small", "status"] == "ok"
-    assert {p.name for p in shard.glob("*.npy")} == {"small.npy", "small.pts.npy"}
+    assert {p.name for p in shard.rglob("*.npy")} == {"small.npy", "small.pts.npy"}
     assert not [p for p in small_disk.rglob("*") if "partial" in p.name or ".work" in p.name]
 
 

@@ -1,14 +1,19 @@
-"""Shard layout, index writing, atomic publish and the per-shard lock (no videos, no Dagster)."""
+"""Shard layout, index writing, atomic publish and the per-shard lock (no videos, no Dagster), on a
+local folder and on S3 (a moto server on 127.0.0.1)."""
 
+import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from frames_pipeline.decode import pts_path
+from frames_pipeline.locations import Location
 from frames_pipeline.store import FramesStore, ShardBusyError, ShardWriter, summarize_shards
 
 
-def record(video_id: str, ok: bool = True, frames: int = 3) -> dict[str, object]:
+def record(video_id: str, ok: bool = True, frames: int = 3, version: str = "v") -> dict[str, object]:
     return {
         "manifest_row": 1,
         "video_id": video_id,
@@ -22,45 +27,84 @@ def record(video_id: str, ok: bool = True, frames: int = 3) -> dict[str, object]
         "error_reason": None if ok else "corrupt",
         "error": None if ok else "bad bitstream",
         "decode_seconds": 0.1,
-        "frames_file": f"{video_id}.npy" if ok else None,
+        "frames_file": f"{version}/{video_id}.npy" if ok else None,
     }
 
 
-def write_version(store: FramesStore, key: str, video_id: str) -> Path:
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> FramesStore:
+    """The same store contract on a local folder and on an S3 bucket."""
+    return FramesStore(tmp_path / "data" if request.param == "local" else request.getfixturevalue("s3_root"))
+
+
+def shard_files(store: FramesStore, key: str) -> list[str]:
+    """Every file under the shard folder, relative to it."""
+    shard = Location.of(store.shard_dir(key))
+    shard.fs.invalidate_cache()
+    return sorted(posixpath.relpath(p, shard.path) for p in shard.fs.find(shard.path))
+
+
+def write_version(store: FramesStore, key: str, *video_ids: str, failed: Sequence[str] = ()) -> str:
+    """Publish a version with ``video_ids`` decoded and ``failed`` failed; returns its version name."""
     with store.open_shard(key) as shard:
-        np.save(shard.frames_path(video_id), np.zeros((3, 27, 48, 3), np.uint8))
-        shard.write_index([record(video_id)])
-        assert not store.shard_dir(key).joinpath(f"{video_id}.npy").exists()  # invisible until published
-        return shard.publish()
+        for video_id in video_ids:
+            np.save(shard.frames_path(video_id), np.full((3, 27, 48, 3), len(video_id), np.uint8))
+            np.save(pts_path(shard.frames_path(video_id)), np.arange(3, dtype=np.float64))
+        shard.write_file("contact_sheet.png", b"png")
+        shard.write_index([record(v, version=shard.version) for v in video_ids] + [record(v, ok=False) for v in failed])
+        assert not [f for f in shard_files(store, key) if shard.version in f]  # invisible until published
+        assert shard.publish() == store.shard_dir(key)
+        return shard.version
+
+
+def version_files(version: str, *video_ids: str) -> list[str]:
+    names = [f"{v}{ext}" for v in video_ids for ext in (".npy", ".pts.npy")] + ["contact_sheet.png"]
+    return sorted(f"{version}/{name}" for name in names)
 
 
 def hidden_entries(store: FramesStore) -> list[str]:
-    return sorted(p.name for p in store.frames_dir.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock"))
+    return sorted(
+        p.name for p in store.staging_dir.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")
+    )
 
 
-def test_publish_replaces_the_previous_version(tmp_path: Path) -> None:
-    store = FramesStore(tmp_path)
-    assert store.read_index("s-00000") is None
-    assert write_version(store, "s-00000", "first") == store.shard_dir("s-00000")
-    write_version(store, "s-00000", "second")
-    assert sorted(p.name for p in store.shard_dir("s-00000").iterdir()) == ["index.parquet", "second.npy"]
+def test_publish_replaces_the_previous_version(store: FramesStore) -> None:
+    assert store.read_index("s-00000") is None and not store.has_index("s-00000")
+    first = write_version(store, "s-00000", "first")
+    assert shard_files(store, "s-00000") == ["index.parquet", *version_files(first, "first")]
+    second = write_version(store, "s-00000", "second", failed=["broken"])
+    assert shard_files(store, "s-00000") == ["index.parquet", *version_files(second, "second")]
     index = store.read_index("s-00000")
-    assert index is not None and index["video_id"].tolist() == ["second"]
+    assert index is not None and index["video_id"].tolist() == ["second", "broken"]
+    assert index["frames_file"].iloc[0] == f"{second}/second.npy" and index["frames_file"].isna().iloc[1]
+    frames, pts = store.read_frames("s-00000", "second")
+    assert frames.shape == (3, 27, 48, 3) and (frames == 6).all() and pts.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="corrupt: bad bitstream"):
+        store.read_frames("s-00000", "broken")
+    with pytest.raises(KeyError):
+        store.read_frames("s-00000", "first")
+    with pytest.raises(FileNotFoundError):
+        store.read_frames("s-00001", "second")
     assert hidden_entries(store) == []
 
 
-def test_unpublished_version_leaves_nothing(tmp_path: Path) -> None:
-    store = FramesStore(tmp_path)
-    write_version(store, "s-00000", "kept")
+def test_a_version_with_only_failed_videos_is_replaced_too(store: FramesStore) -> None:
+    first = write_version(store, "s-00000", failed=["a"])
+    assert shard_files(store, "s-00000") == ["index.parquet", f"{first}/contact_sheet.png"]
+    second = write_version(store, "s-00000", "b")
+    assert shard_files(store, "s-00000") == ["index.parquet", *version_files(second, "b")]
+
+
+def test_unpublished_version_leaves_nothing(store: FramesStore) -> None:
+    kept = write_version(store, "s-00000", "kept")
     with pytest.raises(RuntimeError), store.open_shard("s-00000") as shard:
         np.save(shard.frames_path("half"), np.zeros((1, 27, 48, 3), np.uint8))
         raise RuntimeError("decoder blew up")
-    assert sorted(p.name for p in store.shard_dir("s-00000").iterdir()) == ["index.parquet", "kept.npy"]
+    assert shard_files(store, "s-00000") == ["index.parquet", *version_files(kept, "kept")]
     assert hidden_entries(store) == []
 
 
-def test_one_writer_per_shard(tmp_path: Path) -> None:
-    store = FramesStore(tmp_path)
+def test_one_writer_per_shard(store: FramesStore) -> None:
     with store.open_shard("s-00000"):
         with pytest.raises(ShardBusyError):
             store.open_shard("s-00000")
@@ -68,14 +112,43 @@ def test_one_writer_per_shard(tmp_path: Path) -> None:
     store.open_shard("s-00000").close()  # released on close
 
 
-def test_recovers_from_a_crash_between_the_two_renames(tmp_path: Path) -> None:
-    store = FramesStore(tmp_path)
+def test_a_writer_killed_before_its_index_changes_nothing_readers_see(store: FramesStore) -> None:
     published = write_version(store, "s-00000", "good")
-    published.rename(store.frames_dir / ".s-00000.old")  # moved aside, then the writer died
-    (store.frames_dir / ".s-00000.work").mkdir()
-    store.open_shard("s-00000").close()
-    assert (store.shard_dir("s-00000") / "good.npy").is_file()
-    assert hidden_entries(store) == []
+    shard = Location.of(store.shard_dir("s-00000"))
+    # What a writer killed between moving (or uploading) its version and writing the index leaves:
+    dead = "v-20200101T000000000000-0badc0de"
+    shard.fs.makedirs(shard.child(dead).path, exist_ok=True)
+    shard.fs.pipe_file(shard.child(dead, "half.npy").path, b"half")
+    assert store.read_index("s-00000")["video_id"].tolist() == ["good"]
+    # A live writer's fresh upload on another machine, which only a local root's lock rules out:
+    live = "v-29990101T000000000000-0000beef"
+    shard.fs.makedirs(shard.child(live).path, exist_ok=True)
+    shard.fs.pipe_file(shard.child(live, "x.npy").path, b"uploading")
+    latest = write_version(store, "s-00000", "next")
+    expected = ["index.parquet", *version_files(latest, "next")]
+    assert shard_files(store, "s-00000") == (expected if shard.is_local else sorted([*expected, f"{live}/x.npy"]))
+    assert published not in " ".join(shard_files(store, "s-00000"))
+
+
+def test_an_incomplete_upload_is_not_published(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FramesStore(s3_root)
+    kept = write_version(store, "s-00000", "kept")
+    fs = store.location.fs
+    real_put = fs.put
+    monkeypatch.setattr(fs, "put", lambda lpaths, rpaths, **kw: real_put(lpaths[:-1], rpaths[:-1], **kw))
+    with pytest.raises(OSError, match="incomplete"):
+        write_version(store, "s-00000", "lost")
+    monkeypatch.undo()
+    assert store.read_index("s-00000")["video_id"].tolist() == ["kept"]
+    assert store.read_frames("s-00000", "kept")[0].shape == (3, 27, 48, 3)
+    assert f"{kept}/kept.npy" in shard_files(store, "s-00000")
+
+
+def test_write_file_replaces_whole_files(store: FramesStore) -> None:
+    target = Location.of(store.write_file("frames/summary.png", b"one"))
+    store.write_file("frames/summary.png", b"two")
+    assert target.fs.cat_file(target.path) == b"two"
+    assert [p for p in target.parent().fs.ls(target.parent().path, detail=False) if "partial" in p] == []
 
 
 def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
@@ -84,8 +157,7 @@ def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
             FramesStore(tmp_path).open_shard(key)
 
 
-def test_summarize_shards(tmp_path: Path) -> None:
-    store = FramesStore(tmp_path)
+def test_summarize_shards(store: FramesStore) -> None:
     with store.open_shard("s-00000") as shard:
         shard.write_index([record("a"), record("b", frames=5), record("c", ok=False)])
         shard.publish()
@@ -117,12 +189,11 @@ def test_summarize_shards(tmp_path: Path) -> None:
 def finish(shard: ShardWriter, video_id: str, source: Path, frames: int = 3) -> None:
     """What a decode leaves for one video: its two arrays, then its marker."""
     np.save(shard.frames_path(video_id), np.zeros((frames, 27, 48, 3), np.uint8))
-    np.save(shard.dir / f"{video_id}.pts.npy", np.arange(frames, dtype=np.float64))
+    np.save(pts_path(shard.frames_path(video_id)), np.arange(frames, dtype=np.float64))
     shard.mark_finished(video_id, str(source), {"num_frames": frames, "video_id": video_id})
 
 
-def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(tmp_path: Path) -> None:
-    store = FramesStore(tmp_path)
+def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(store: FramesStore, tmp_path: Path) -> None:
     sources = {name: tmp_path / f"{name}.mp4" for name in ("a", "b", "c", "gone")}
     for path in sources.values():
         path.write_bytes(b"video")
@@ -130,20 +201,23 @@ def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(tmp_pat
         for name in ("a", "b", "gone"):
             finish(shard, name, sources[name])
         np.save(shard.frames_path("c"), np.zeros((1, 27, 48, 3), np.uint8))  # killed before its marker
-        (shard.dir / ".c.npy.123.partial").write_bytes(b"half")
+        (shard.version_dir / ".c.npy.123.partial").write_bytes(b"half")
         a_inode = shard.frames_path("a").stat().st_ino
-    assert not store.shard_dir("s-00000").exists()
+    assert not store.has_index("s-00000") and shard_files(store, "s-00000") == []
     sources["b"].write_bytes(b"video, edited")
 
     wanted = {name: str(sources[name]) for name in ("a", "b", "c")}  # "gone" left the manifest
     with store.open_shard("s-00000", resume=True) as shard:
         assert shard.resume_finished(wanted, (27, 48)) == {"a": {"num_frames": 3, "video_id": "a"}}
-        assert sorted(p.name for p in shard.dir.iterdir()) == [".done", "a.npy", "a.pts.npy"]
+        assert sorted(p.name for p in shard.dir.iterdir()) == [".done", shard.version]
+        assert sorted(p.name for p in shard.version_dir.iterdir()) == ["a.npy", "a.pts.npy"]
         assert sorted(p.name for p in (shard.dir / ".done").iterdir()) == ["a.json"]
         assert shard.frames_path("a").stat().st_ino == a_inode  # kept, not rewritten
-        shard.write_index([record("a")])
-        published = shard.publish()
-    assert sorted(p.name for p in published.iterdir()) == ["a.npy", "a.pts.npy", "index.parquet"]
+        shard.write_index([record("a", version=shard.version)])
+        shard.publish()
+        version = shard.version
+    assert shard_files(store, "s-00000") == ["index.parquet", f"{version}/a.npy", f"{version}/a.pts.npy"]
+    assert store.read_frames("s-00000", "a")[0].shape == (3, 27, 48, 3)
     assert hidden_entries(store) == []
 
 
@@ -155,13 +229,14 @@ def test_resume_checks_the_arrays_behind_each_marker(tmp_path: Path) -> None:
     with store.open_shard("s-00000", resume=True) as shard:
         finish(shard, "a", sources["a"])
         finish(shard, "b", sources["b"])
-        (shard.dir / "b.pts.npy").unlink()
+        pts_path(shard.frames_path("b")).unlink()
     wanted = {name: str(path) for name, path in sources.items()}
     with store.open_shard("s-00000", resume=True) as shard:
         assert list(shard.resume_finished(wanted, (27, 48))) == ["a"]
     with store.open_shard("s-00000", resume=True) as shard:
         assert shard.resume_finished(wanted, (18, 32)) == {}  # another output size
-        assert sorted(p.name for p in shard.dir.iterdir()) == [".done"]
+        assert sorted(p.name for p in shard.dir.iterdir()) == [".done", shard.version]
+        assert list(shard.version_dir.iterdir()) == []
 
 
 def test_without_resume_earlier_work_is_dropped(tmp_path: Path) -> None:
@@ -172,5 +247,5 @@ def test_without_resume_earlier_work_is_dropped(tmp_path: Path) -> None:
         finish(shard, "a", source)
     with store.open_shard("s-00000") as shard:
         assert shard.resume_finished({"a": str(source)}, (27, 48)) == {}
-        assert sorted(p.name for p in shard.dir.iterdir()) == [".done"]
+        assert list(shard.version_dir.iterdir()) == []
     assert hidden_entries(store) == []

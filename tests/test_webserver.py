@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pytest
 
 from frames_pipeline.samples import write_video
+from frames_pipeline.store import FramesStore
 
 REPO = Path(__file__).resolve().parent.parent
 SHARD = "smoke-00000"
@@ -162,16 +162,9 @@ def test_partition_run_through_graphql(webserver: tuple[str, Path]) -> None:
         status = graphql(base, STATUS, {"runId": run_id})["runOrError"]["status"]
     assert status == "SUCCESS"
 
-    shard = data / "frames" / SHARD
-    assert sorted(p.name for p in shard.iterdir()) == [
-        "a.npy",
-        "a.pts.npy",
-        "b.npy",
-        "b.pts.npy",
-        "contact_sheet.png",
-        "index.parquet",
-    ]
-    assert np.load(shard / "a.npy").shape == (5, 27, 48, 3)
+    store = FramesStore(data)
+    assert store.read_index(SHARD)["status"].tolist() == ["ok", "ok"]
+    assert store.read_frames(SHARD, "a")[0].shape == (5, 27, 48, 3)
 
 
 CHROMIUM = Path("/usr/bin/chromium")
