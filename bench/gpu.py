@@ -14,9 +14,11 @@ import argparse
 import json
 import multiprocessing
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,31 @@ from .corpus import FULL, QUICK, build
 
 STREAMS = (1, 7, 21)
 CLIPS = ("h264_1080p", "hevc_1080p")
+
+
+class GpuUtilisation:
+    """NVDEC and SM utilisation (%) sampled by nvidia-smi while a row runs: whether the decode
+    engines or something else bound it. Means over the middle 60% of the samples (no ramps)."""
+
+    def __enter__(self) -> GpuUtilisation:
+        query = "--query-gpu=utilization.decoder,utilization.gpu"
+        self._smi = subprocess.Popen(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "200"], stdout=subprocess.PIPE, text=True
+        )
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._smi.terminate()
+        out, _ = self._smi.communicate()
+        rows = [[float(x) for x in line.split(",")] for line in out.splitlines() if line.count(",") == 1]
+        middle = rows[len(rows) // 5 : len(rows) * 4 // 5] or rows
+        self.nvdec = statistics.mean(r[0] for r in middle) if middle else float("nan")
+        self.sm = statistics.mean(r[1] for r in middle) if middle else float("nan")
+
+    def as_row(self) -> dict[str, float]:
+        return {"nvdec_util": self.nvdec, "sm_util": self.sm}
 
 
 def nemo_style_decode(path: str, output_hw: tuple[int, int] = (27, 48), batch: int = 64) -> int:
@@ -56,10 +83,11 @@ def run_nemo(paths: list[str], streams: int) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(streams) as pool:
         pool.map(_nemo_worker, [paths[:1]] * streams)  # start-up and CUDA init outside the timing
-        started = time.perf_counter()
-        frames = sum(pool.map(_nemo_worker, [paths] * streams))
-        elapsed = time.perf_counter() - started
-    return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed}
+        with GpuUtilisation() as utilisation:
+            started = time.perf_counter()
+            frames = sum(pool.map(_nemo_worker, [paths] * streams))
+            elapsed = time.perf_counter() - started
+    return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed, **utilisation.as_row()}
 
 
 def run_ours(mode: str, paths: list[str], streams: int, scratch: Path) -> dict[str, Any]:
@@ -70,9 +98,10 @@ def run_ours(mode: str, paths: list[str], streams: int, scratch: Path) -> dict[s
         jobs = [
             VideoJob(f"{s}-{i}", p, str(scratch / f"{s}-{i}.npy")) for s in range(streams) for i, p in enumerate(paths)
         ]
-        started = time.perf_counter()
-        outcomes = list(pool.run(jobs))
-        elapsed = time.perf_counter() - started
+        with GpuUtilisation() as utilisation:
+            started = time.perf_counter()
+            outcomes = list(pool.run(jobs))
+            elapsed = time.perf_counter() - started
     failed = [o for o in outcomes if not o.ok]
     modes = sorted({o.decode_mode or "-" for o in outcomes})
     frames = sum(o.num_frames for o in outcomes)
@@ -83,6 +112,7 @@ def run_ours(mode: str, paths: list[str], streams: int, scratch: Path) -> dict[s
         "failed": len(failed),
         "modes": modes,
         "per_video_s": statistics.median(o.decode_seconds for o in outcomes),
+        **utilisation.as_row(),
     }
 
 
@@ -152,13 +182,16 @@ def main() -> None:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| clip | streams | NeMo-style fps | pynvc fps | x NeMo | ffmpeg_gpu fps | x NeMo |",
-        "|---|---|---|---|---|---|---|",
+        "| clip | streams | NeMo-style fps | pynvc fps | x NeMo | ffmpeg_gpu fps | x NeMo "
+        "| NVDEC % (NeMo / pynvc / ffmpeg_gpu) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["throughput"]:
+        util = " / ".join(f"{row[k].get('nvdec_util', float('nan')):.0f}" for k in ("nemo", "pynvc", "ffmpeg_gpu"))
         lines.append(
             f"| {row['clip']} | {row['streams']} | {row['nemo']['fps']:.0f} | {row['pynvc']['fps']:.0f} | "
-            f"{row['pynvc']['vs_nemo']:.2f} | {row['ffmpeg_gpu']['fps']:.0f} | {row['ffmpeg_gpu']['vs_nemo']:.2f} |"
+            f"{row['pynvc']['vs_nemo']:.2f} | {row['ffmpeg_gpu']['fps']:.0f} | {row['ffmpeg_gpu']['vs_nemo']:.2f} | "
+            f"{util} |"
         )
     lines += ["", "| clip | mode | frames | ffmpeg_cpu frames | MAD vs ffmpeg_cpu |", "|---|---|---|---|---|"]
     for clip, modes in results["agreement"].items():

@@ -3,6 +3,7 @@ tests on machines without CUDA."""
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import socket
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ def _no_inherited_defs_state_storage() -> Iterator[None]:
     variable that ``with instance:`` sets; a test that leaves it set hands later tests a storage whose
     instance is gone, and their definitions then fail to load once that instance is garbage-collected
     ("Attempted to resolve undefined DagsterInstance weakref")."""
+    if importlib.util.find_spec("dagster") is None:  # a GPU host running only the decode library's tests
+        yield
+        return
     from dagster._core.storage.defs_state.base import set_defs_state_storage
 
     with set_defs_state_storage(None):
