@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from frames_pipeline.decode.resize import ColourSpec, FrameShrinker, coded_size, rotate, yuv_to_rgb
+from frames_pipeline.decode.resize import ColourSpec, FrameShrinker, ShrinkBatch, coded_size, rotate, yuv_to_rgb
 
 # (Kr, Kb) from the standards themselves, independent of the module under test.
 STANDARD_K = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
@@ -91,6 +91,21 @@ def test_batched_frames_resize_like_single_frames() -> None:
     batched = shrinker(y, uv, uv[::-1])
     singles = np.concatenate([shrinker(y[i : i + 1], uv[i : i + 1], uv[2 - i : 3 - i]) for i in range(3)])
     np.testing.assert_array_equal(batched, singles)
+
+
+def test_shrink_batch_finishes_like_one_call() -> None:
+    y = np.random.default_rng(6).integers(16, 236, (5, 144, 256), dtype=np.uint8)
+    uv = np.random.default_rng(7).integers(16, 241, (5, 72, 128), dtype=np.uint8)
+    shrinker = FrameShrinker((144, 256), (72, 128), (27, 48), ColourSpec())
+    batch = ShrinkBatch(shrinker, max_frames=2)
+    finished = []
+    for i in range(5):
+        batch.add(y[i], uv[i], uv[4 - i])
+        if batch.full:
+            finished.append(batch.finish())
+    finished.append(batch.finish())
+    assert [len(f) for f in finished] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate(finished), shrinker(y, uv, uv[::-1]))
 
 
 def test_wrong_plane_size_is_refused() -> None:

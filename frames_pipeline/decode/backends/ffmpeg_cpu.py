@@ -1,7 +1,8 @@
 """``ffmpeg_cpu``: FFmpeg's software decoders in-process through PyAV (no per-video process start-up).
 
-Frames are never converted to RGB at full size: their Y'CbCr planes are read in place and shrunk
-by ``resize.FrameShrinker``, which costs a fraction of swscale's full-size conversion.
+Frames are never converted to RGB at full size: their Y'CbCr planes are read in place and reduced
+by ``resize.FrameShrinker`` as they arrive, then finished to RGB many frames at a time
+(``resize.ShrinkBatch``), which costs a fraction of swscale's full-size conversion.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from numpy.typing import NDArray
 from ..errors import DecodeError, Reason
 from ..options import DecodeOptions
 from ..probe import VideoInfo, main_video_stream, open_container
-from ..resize import ColourSpec, FrameShrinker
+from ..resize import ColourSpec, FrameShrinker, ShrinkBatch
 from . import DamagedStream, FrameBatch
 
 # Planar Y'CbCr layouts read directly; anything else is converted to yuv444p first.
@@ -61,10 +62,11 @@ class FFmpegCPUBackend:
                 stream.codec_context.options = {"max_pixels": str(options.max_pixels)}
                 damage_before = len(warnings)
                 for frame in _frames(container, stream, deadline, warnings, info.path):
-                    if batch.add(frame):
+                    batch.add(frame)
+                    while batch.ready:
                         yield batch.take()
                 batch.drain()
-                if batch.pending:
+                while batch.pending:
                     yield batch.take()
                 if threaded and (len(warnings) > damage_before or _errors(log)):
                     raise DamagedStream(info.path)
@@ -112,8 +114,9 @@ def _frames(
 class _Batcher:
     """Shrinks frames as they arrive, restores presentation order, and groups them into batches.
 
-    Decoders can emit frames out of order around damage; a small window sorted by pts puts them
-    back, and a frame that arrives after later ones were emitted is dropped with a warning.
+    Frames are reduced on arrival and finished to RGB in arrival order, a ``ShrinkBatch`` at a time.
+    Decoders can emit frames out of order around damage; a small window sorted by pts puts the
+    finished frames back, and a frame that arrives after later ones were emitted is dropped with a warning.
     """
 
     _WINDOW = 16
@@ -129,29 +132,50 @@ class _Batcher:
         self._last_pts = -np.inf
         self._late = 0
         self._shape: tuple[str, int, int] | None = None
-        self._shrinker: FrameShrinker | None = None
+        self._shrink: ShrinkBatch | None = None
+        self._shrinking: list[tuple[float, int]] = []  # (pts, arrival) of the frames in ``_shrink``
 
     @property
     def pending(self) -> bool:
         return bool(self.frames)
 
-    def add(self, frame: av.VideoFrame) -> bool:
-        if frame.format.name not in _DIRECT and frame.format.name != "gray":
-            frame = frame.reformat(format="yuv444p")
-        y, u, v = _planes(frame)
-        small = self._shrinker_for(frame)(y[None], u[None], v[None])[0]
-        pts = frame.time if frame.time is not None else self._arrivals / max(self.info.avg_fps, 1e-9)
-        heapq.heappush(self._window, (pts, self._arrivals, small))
-        self._arrivals += 1
-        if len(self._window) > self._WINDOW:
-            self._emit(heapq.heappop(self._window))
+    @property
+    def ready(self) -> bool:
         return len(self.frames) >= self.options.batch_size
 
+    def add(self, frame: av.VideoFrame) -> None:
+        name = frame.format.name
+        if name not in _DIRECT and name != "gray":
+            frame = frame.reformat(format="yuv444p")
+        shrink = self._shrink_for(frame)
+        shrink.add(*_planes(frame))
+        pts = frame.time if frame.time is not None else self._arrivals / max(self.info.avg_fps, 1e-9)
+        self._shrinking.append((pts, self._arrivals))
+        self._arrivals += 1
+        if shrink.full:
+            self._finish()
+
     def drain(self) -> None:
+        self._finish()
         while self._window:
             self._emit(heapq.heappop(self._window))
         if self._late:
             self.warnings.append(f"dropped {self._late} frame(s) that arrived after later ones (damaged stream)")
+
+    def take(self) -> FrameBatch:
+        size = self.options.batch_size
+        batch = FrameBatch(np.stack(self.frames[:size]), np.asarray(self.pts[:size], dtype=np.float64))
+        del self.frames[:size], self.pts[:size]
+        return batch
+
+    def _finish(self) -> None:
+        if self._shrink is None or not self._shrinking:
+            return
+        for (pts, arrival), small in zip(self._shrinking, self._shrink.finish(), strict=True):
+            heapq.heappush(self._window, (pts, arrival, small))
+            if len(self._window) > self._WINDOW:
+                self._emit(heapq.heappop(self._window))
+        self._shrinking = []
 
     def _emit(self, item: tuple[float, int, NDArray[np.uint8]]) -> None:
         pts, _, small = item
@@ -162,26 +186,24 @@ class _Batcher:
         self.frames.append(small)
         self.pts.append(pts)
 
-    def take(self) -> FrameBatch:
-        batch = FrameBatch(np.stack(self.frames), np.asarray(self.pts, dtype=np.float64))
-        self.frames, self.pts = [], []
-        return batch
-
-    def _shrinker_for(self, frame: av.VideoFrame) -> FrameShrinker:
-        # Streams may change size or format mid-way (resolution switches); rebuild the plan then.
+    def _shrink_for(self, frame: av.VideoFrame) -> ShrinkBatch:
+        # Streams may change size or format mid-way (resolution switches): finish the frames reduced
+        # with the old plan, then rebuild it.
         shape = (frame.format.name, frame.width, frame.height)
-        if shape != self._shape or self._shrinker is None:
+        if shape != self._shape or self._shrink is None:
+            self._finish()
             fmt = frame.format
             bits = fmt.components[0].bits
-            self._shrinker = FrameShrinker(
+            shrinker = FrameShrinker(
                 luma_hw=(frame.height, frame.width),
                 chroma_hw=(fmt.chroma_height(frame.height), fmt.chroma_width(frame.width)),
                 output_hw=self.options.output_hw,
                 colour=ColourSpec.from_ffmpeg(frame.colorspace, frame.color_range, bits),
                 rotation=self.info.rotation,
             )
+            self._shrink = ShrinkBatch(shrinker)
             self._shape = shape
-        return self._shrinker
+        return self._shrink
 
 
 def _planes(frame: av.VideoFrame) -> tuple[NDArray, NDArray, NDArray]:
