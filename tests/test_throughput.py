@@ -1,4 +1,4 @@
-"""The throughput model in docs/scale-out.md matches the benchmark's measured rates."""
+"""The throughput model in the README and docs/scale-out.md matches the benchmark's measured rates."""
 
 from pathlib import Path
 
@@ -6,11 +6,12 @@ import pytest
 
 from bench.throughput import FRAMES_PER_CLIP, gpu_seconds_per_clip, table
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "scale-out.md"
+REPO = Path(__file__).resolve().parent.parent
 
 
-def test_doc_table_is_computed_from_measured_rates() -> None:
-    assert table() in DOC.read_text(), "docs/scale-out.md is stale: paste the output of python -m bench.throughput"
+@pytest.mark.parametrize("doc", ["README.md", "docs/scale-out.md"])
+def test_doc_table_is_computed_from_measured_rates(doc: str) -> None:
+    assert table() in (REPO / doc).read_text(), f"{doc} is stale: paste the output of python -m bench.throughput"
 
 
 def test_per_clip_cost_is_frames_at_the_gpu_rate_plus_a_share_of_the_fixed_cost() -> None:
