@@ -121,8 +121,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- frames/s: the set's decodable frames over the median wall time of {results['repeats']} run(s); every "
         "row runs in a fresh process and its set-up (imports, pool start, reading sources) is not timed.",
         "- RSS all procs: peak of the summed RSS of the row's process and its children, sampled every 20 ms; "
-        "RSS largest proc: exact `ru_maxrss` of its largest single process. Pages a forked child shares with its "
-        "parent count twice in the sum, so it is an upper bound.",
+        "RSS largest proc: the row process's own peak (`VmHWM`) or its largest child's `ru_maxrss` (which "
+        "includes the row process's size at the fork). Pages a forked child shares with its parent count twice "
+        "in the sum, so it is an upper bound.",
         f"- Reference and decodable count: the {results['reference']} output. MAD: mean absolute difference "
         "per pixel value (0-255) over the frames both have.",
         "",
@@ -177,6 +178,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         (name, [r for r in results["rows"] if r["set"] == name and _is_throughput(r)]) for name in results["sets"]
     ]
     panels = [(name, rows) for name, rows in panels if rows]
+    if not panels:  # only the memory rows were run
+        return
     fig, axes = plt.subplots(
         len(panels),
         1,
@@ -211,4 +214,4 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     paths[0].write_text(json.dumps(results, indent=2))
     paths[1].write_text(markdown(results))
     chart(results, paths[2])
-    return paths
+    return [p for p in paths if p.exists()]

@@ -80,12 +80,19 @@ def run_row(job_path: Path) -> None:
     except Exception as exc:
         result["error"] = describe_error(exc)
     # Read before the outputs are saved below, which must not count; children were joined on exit.
-    result["rss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_self_mb"] = _own_peak_rss_mb()
     result["rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if result["error"] is None:
         save = contender.output_hw == TRANSNET_HW  # only 27x48 has a reference to compare pixels with
         result["clips"] = [_describe(o, ctx.scratch / f"out_{i}.npy", save) for i, o in enumerate(outputs)]
     Path(job["result"]).write_text(json.dumps(result))
+
+
+def _own_peak_rss_mb() -> float:
+    """This process's peak RSS since it started (``VmHWM``). Not ``ru_maxrss``: Linux carries that over
+    exec from the process that spawned us, so every row would report at least the driver's size."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
 
 
 def _describe(output: Output, path: Path, save: bool) -> dict[str, Any]:

@@ -26,7 +26,9 @@ class Location:
     @classmethod
     def of(cls, location: str | os.PathLike[str]) -> Location:
         """The location of a local path (made absolute) or an fsspec URL."""
-        fs, path = url_to_fs(os.fspath(location))
+        # No listings cache: a long-lived process (the sensor, the schedule) must see what other
+        # processes published since it last looked.
+        fs, path = url_to_fs(os.fspath(location), use_listings_cache=False)
         return cls(fs, path.rstrip("/") or "/")
 
     @property

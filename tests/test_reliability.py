@@ -430,7 +430,7 @@ def test_worker_that_dies_on_every_try_is_recorded_and_the_pool_recovers(
 
 
 def test_per_video_timeout_is_a_recorded_reason(slow_clip: Path, edge_corpus: dict[str, Path], tmp_path: Path) -> None:
-    options = DecodeOptions(mode="ffmpeg_cpu", timeout_s=0.2)
+    options = DecodeOptions(mode="ffmpeg_cpu", timeout_s=0.05)  # the slow clip takes 0.15-0.5 s here
     with DecoderPool(options, workers=1) as pool:
         pid = pool._pool[0].process.pid
         outcomes = {o.key: o for o in pool.run([VideoJob("slow", str(slow_clip), str(tmp_path / "slow.npy"))])}

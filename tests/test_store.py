@@ -249,3 +249,21 @@ def test_without_resume_earlier_work_is_dropped(tmp_path: Path) -> None:
         assert shard.resume_finished({"a": str(source)}, (27, 48)) == {}
         assert list(shard.version_dir.iterdir()) == []
     assert hidden_entries(store) == []
+
+
+def test_a_long_lived_store_sees_what_other_processes_publish(s3_root: str) -> None:
+    """The sensor and the schedule keep one store for hours: nothing they read may come from a cache."""
+    import fsspec
+
+    watcher = FramesStore(s3_root)
+    assert not watcher.has_index("s-00000") and watcher.read_index("s-00000") is None
+    elsewhere = FramesStore(s3_root)  # another process: its own filesystem, no shared cache
+    object.__setattr__(
+        elsewhere, "location", Location(fsspec.filesystem("s3", skip_instance_cache=True), watcher.location.path)
+    )
+    write_version(elsewhere, "s-00000", "a")
+    assert watcher.has_index("s-00000")
+    assert watcher.read_index("s-00000")["video_id"].tolist() == ["a"]
+    write_version(elsewhere, "s-00000", "longer-name", "b")  # a bigger index replaces it
+    assert watcher.read_index("s-00000")["video_id"].tolist() == ["longer-name", "b"]
+    assert watcher.read_frames("s-00000", "b")[0].shape == (3, 27, 48, 3)
