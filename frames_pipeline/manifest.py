@@ -133,11 +133,11 @@ def find_manifests(folder: str | os.PathLike[str]) -> list[str]:
     root = Location.of(folder)
     if not root.fs.isdir(root.path):
         return []
-    found = [root.child(posixpath.basename(p)) for p in root.fs.ls(root.path, detail=False)]
+    files = [posixpath.basename(e["name"]) for e in root.fs.ls(root.path, detail=True) if e["type"] == "file"]
     return sorted(
-        str(f)
-        for f in found
-        if not f.name.startswith(".") and posixpath.splitext(f.name)[1] in MANIFEST_SUFFIXES and f.fs.isfile(f.path)
+        str(root.child(name))
+        for name in files
+        if not name.startswith(".") and posixpath.splitext(name)[1] in MANIFEST_SUFFIXES
     )
 
 

@@ -122,17 +122,14 @@ class FramesStore:
     def shard_dir(self, key: str) -> str:
         return str(self._shard(key))
 
-    def index_path(self, key: str) -> str:
-        return str(self._shard(key).child(INDEX_NAME))
-
     def has_index(self, key: str) -> bool:
         """Whether shard ``key`` has been published."""
-        index = self._shard(key).child(INDEX_NAME)
+        index = self._index(key)
         return bool(index.fs.isfile(index.path))
 
     def read_index(self, key: str) -> pd.DataFrame | None:
         """The published index of shard ``key``, or None if the shard has never been published."""
-        index = self._shard(key).child(INDEX_NAME)
+        index = self._index(key)
         try:
             with index.fs.open(index.path, "rb") as fh:
                 return pd.read_parquet(fh)
@@ -161,9 +158,7 @@ class FramesStore:
         target = self.location.child(relative)
         if target.is_local:
             Path(target.path).parent.mkdir(parents=True, exist_ok=True)
-            partial = f"{target.path}.{secrets.token_hex(4)}.partial"
-            Path(partial).write_bytes(data)
-            os.replace(partial, target.path)
+            _replace_file(Path(target.path), data)
         else:
             target.fs.pipe_file(target.path, data)  # one PUT: the object appears whole or not at all
         return str(target)
@@ -185,6 +180,9 @@ class FramesStore:
 
     def _shard(self, key: str) -> Location:
         return self.location.child("frames", key)
+
+    def _index(self, key: str) -> Location:
+        return self._shard(key).child(INDEX_NAME)
 
 
 class ShardWriter:
@@ -235,10 +233,8 @@ class ShardWriter:
         identity = _file_identity(source)
         if identity is None:
             return
-        marker = self._done / f"{video_id}.json"
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(json.dumps({"source": source, "identity": identity, "outcome": dict(outcome)}))
-        os.replace(tmp, marker)
+        record = {"source": source, "identity": identity, "outcome": dict(outcome)}
+        _replace_file(self._done / f"{video_id}.json", json.dumps(record).encode())
 
     def resume_finished(self, sources: Mapping[str, str], output_hw: tuple[int, int]) -> dict[str, dict[str, Any]]:
         """The outcomes of the videos of ``sources`` ({video_id: source}) that an earlier run finished
@@ -297,7 +293,7 @@ class ShardWriter:
             _fsync(Path(shard.path))
         else:
             _upload_folder(self.version_dir, shard.child(self.version))
-            shard.fs.put_file(str(index), shard.child(INDEX_NAME).path)  # one PUT publishes the version
+            shard.fs.put_file(str(index), self.store._index(self.key).path)  # one PUT publishes the version
         self.published = True
         self._remove_old_versions(shard, replaced)
         self.discard()
@@ -360,7 +356,7 @@ def _version_time(name: str) -> datetime | None:
 
 def _published_version(store: FramesStore, key: str) -> str | None:
     """The version folder the published index of ``key`` names, if any."""
-    index = store._shard(key).child(INDEX_NAME)
+    index = store._index(key)
     try:
         with index.fs.open(index.path, "rb") as fh:
             metadata = pq.read_schema(fh).metadata or {}
@@ -376,11 +372,17 @@ def _upload_folder(folder: Path, target: Location) -> None:
     if not local:
         return  # object storage has no empty folders
     target.fs.put([str(p) for p in local], [target.child(p.name).path for p in local])
-    target.fs.invalidate_cache(target.path)
     uploaded = {posixpath.basename(e["name"]): e["size"] for e in target.fs.ls(target.path, detail=True)}
     missing = [p.name for p in local if uploaded.get(p.name) != p.stat().st_size]
     if missing:
         raise OSError(f"upload to {target} incomplete: {', '.join(missing[:10])}")
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` under a temporary name beside ``path`` and rename: readers see the old file or the new."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def _load_array(file: Location) -> np.ndarray:

@@ -78,5 +78,4 @@ def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     bucket = f"frames-{secrets.token_hex(4)}"
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir(bucket)
-    fsspec.filesystem("s3").invalidate_cache()
     return f"s3://{bucket}/data"

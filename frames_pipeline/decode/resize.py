@@ -177,11 +177,7 @@ class _PlanePlan:
             raise ValueError(f"plane is {plane.shape[-2:]}, expected {self.in_hw}")
         if out is None:
             out = np.empty((*plane.shape[:-2], *self.sums_hw), np.float32)
-        rows = _row_sums(plane, self.rows_group, self.rows_dtype)
-        if self.cols_group == 1:  # large outputs: nothing to sum across columns
-            out[...] = rows
-        else:
-            _column_sums(rows.astype(self._cols_ones.dtype), self._cols_ones, out)
+        _column_sums(_row_sums(plane, self.rows_group, self.rows_dtype), self._cols_ones, out)
         return out
 
     def finish(self, sums: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -202,12 +198,16 @@ def _row_sums(x: NDArray, group: int, dtype: type[np.unsignedinteger]) -> NDArra
     return sums
 
 
-def _column_sums(x: NDArray[np.floating], ones: NDArray[np.floating], out: NDArray[np.float32]) -> None:
+def _column_sums(x: NDArray, ones: NDArray[np.floating], out: NDArray[np.float32]) -> None:
     """Sum runs of ``len(ones)`` columns (axis -1) into ``out``, exactly: the sums are whole numbers the
-    float type holds. A product with ones runs in BLAS, twice as fast as numpy's reductions of short
-    runs along the contiguous axis (``add.reduceat``, strided adds)."""
-    n = x.shape[-1]
+    float type of ``ones`` holds. A product with ones runs in BLAS, twice as fast as numpy's reductions
+    of short runs along the contiguous axis (``add.reduceat``, strided adds)."""
     group = len(ones)
+    if group == 1:  # large outputs: nothing to sum
+        out[...] = x
+        return
+    x = x.astype(ones.dtype)
+    n = x.shape[-1]
     full = (n // group) * group
     head = x[..., :full].reshape((*x.shape[:-1], full // group, group))
     np.matmul(head, ones, out=out[..., : full // group])
