@@ -143,7 +143,8 @@ def test_shard_run_on_object_storage(
     videos = [data_root / "videos" / f"{name}.mp4" for name in ("v0", "v1", "v2", "bad")]
     fs.pipe_file(f"{s3_root}/manifests/clips.csv", ("path\n" + "".join(f"{v}\n" for v in videos)).encode())
     res = {"frames_data": resources(s3_root)["frames_data"]}
-    sensor = manifest_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    with dg.build_sensor_context(instance=instance, resources=res) as context:
+        sensor = manifest_sensor(context)
     assert isinstance(sensor, dg.SensorResult)
     assert [r.partition_key for r in sensor.run_requests] == ["clips-00000", "clips-00001"]
 
@@ -161,9 +162,11 @@ def test_shard_run_on_object_storage(
     assert not list((tmp_path / "staging").rglob("*.npy"))  # nothing left behind on the worker's disk
 
     # Up to date now: neither the sensor (lost cursor) nor the schedule asks for these shards again.
-    again = manifest_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    with dg.build_sensor_context(instance=instance, resources=res) as context:
+        again = manifest_sensor(context)
     assert isinstance(again, dg.SensorResult) and again.run_requests == []
-    schedule = pending_shards_schedule(dg.build_schedule_context(instance=instance, resources=res))
+    with dg.build_schedule_context(instance=instance, resources=res) as context:
+        schedule = pending_shards_schedule(context)
     assert isinstance(schedule, dg.SkipReason)
 
     summary = dg.materialize([frames_summary], instance=instance, resources=resources(s3_root))
@@ -188,7 +191,8 @@ def test_sensor_registers_shards_and_reruns_changed_manifests(data_root: Path, i
     manifest = data_root / "manifests" / "clips.csv"
 
     def tick(cursor: str | None) -> dg.SensorResult | dg.SkipReason:
-        result = manifest_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=res) as context:
+            result = manifest_sensor(context)
         if isinstance(result, dg.SensorResult):
             for request in result.dynamic_partitions_requests:
                 if isinstance(request, dg.AddDynamicPartitionsRequest):
@@ -232,8 +236,9 @@ def test_sensor_registers_shards_and_reruns_changed_manifests(data_root: Path, i
 
 def test_manifest_with_a_bad_row(data_root: Path, instance: dg.DagsterInstance) -> None:
     (data_root / "manifests" / "clips.csv").write_text("path,label\n../videos/v0.mp4,a\n,b\n")
-    context = dg.build_sensor_context(instance=instance, resources={"frames_data": resources(data_root)["frames_data"]})
-    result = manifest_sensor(context)
+    res = {"frames_data": resources(data_root)["frames_data"]}
+    with dg.build_sensor_context(instance=instance, resources=res) as context:
+        result = manifest_sensor(context)
     assert isinstance(result, dg.SensorResult)
     assert result.run_requests == [] and result.dynamic_partitions_requests == []
     assert "clips.csv" in result.cursor  # not re-read until the file changes
@@ -253,7 +258,8 @@ def test_schedule_requests_shards_without_an_up_to_date_materialization(
     res = {"frames_data": resources(data_root)["frames_data"]}
 
     def pending() -> list[str]:
-        result = pending_shards_schedule(dg.build_schedule_context(instance=instance, resources=res))
+        with dg.build_schedule_context(instance=instance, resources=res) as context:
+            result = pending_shards_schedule(context)
         return [] if isinstance(result, dg.SkipReason) else [r.partition_key for r in result]
 
     assert pending() == ["clips-00000", "clips-00001"]  # never materialized

@@ -398,13 +398,14 @@ def test_worker_that_dies_on_every_try_is_recorded_and_the_pool_recovers(
 
     def kill_whoever_decodes_doomed(pool: DecoderPool) -> None:
         # What PyNvVideoCodec does on a CUDA fatal error: the process is gone, mid-video.
+        # Once the doomed video's frames are being written: a fixed delay raced with fast decodes.
         while not stop.is_set():
-            for worker in list(pool._pool):
+            writing = any(p.name.startswith(".doomed.npy") for p in tmp_path.iterdir())
+            for worker in list(pool._pool) if writing else []:
                 if worker.job is not None and worker.job.key == "doomed" and worker.process.pid not in killed:
-                    time.sleep(0.1)
                     killed.append(worker.process.pid)
                     os.kill(worker.process.pid, signal.SIGKILL)
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     jobs = [
         VideoJob(key, str(path), str(tmp_path / f"{key}.npy"))
@@ -522,15 +523,15 @@ def test_ten_thousand_rows_shard_register_and_schedule_within_bounds(
     keys, seconds, peak = measured(lambda: shard_keys(manifest, 100))
     assert keys == expected and seconds < MAX_SECONDS and peak < MAX_BYTES
 
-    context = dg.build_sensor_context(instance=instance, resources={"frames_data": frames_data})
-    tick, seconds, peak = measured(lambda: manifest_sensor(context))
+    with dg.build_sensor_context(instance=instance, resources={"frames_data": frames_data}) as context:
+        tick, seconds, peak = measured(lambda: manifest_sensor(context))
     assert isinstance(tick, dg.SensorResult) and seconds < MAX_SECONDS and peak < MAX_BYTES
     assert [r.partition_key for r in tick.run_requests] == expected
     (add,) = tick.dynamic_partitions_requests
     assert isinstance(add, dg.AddDynamicPartitionsRequest) and add.partition_keys == expected
     instance.add_dynamic_partitions(video_shards.name, add.partition_keys)
 
-    context = dg.build_schedule_context(instance=instance, resources={"frames_data": frames_data})
-    requests, seconds, peak = measured(lambda: pending_shards_schedule(context))
+    with dg.build_schedule_context(instance=instance, resources={"frames_data": frames_data}) as context:
+        requests, seconds, peak = measured(lambda: pending_shards_schedule(context))
     assert isinstance(requests, list) and seconds < MAX_SECONDS and peak < MAX_BYTES
     assert [r.partition_key for r in requests] == expected

@@ -26,18 +26,18 @@ def _job(source: Path | str, out: Path, key: str) -> VideoJob:
     return VideoJob(key, str(source), str(out / f"{key}.npy"))
 
 
-def _when_busy(pool: DecoderPool, action: str) -> threading.Thread:
-    """Signal the worker as soon as it holds a job (it is mid-decode by then)."""
+def _when_decoding(pool: DecoderPool, out: Path, action: str) -> threading.Thread:
+    """Signal the busy worker once it is writing frames: its output's hidden temporary file exists
+    (a fixed delay after the job was handed out raced with fast decodes)."""
 
     def act() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             busy = [w for w in pool._pool if w.job is not None]
-            if busy:
-                time.sleep(0.3)
+            if busy and any(p.name.startswith(".") for p in out.iterdir()):
                 os.kill(busy[0].process.pid, signal.SIGKILL if action == "kill" else signal.SIGSTOP)
                 return
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     thread = threading.Thread(target=act, daemon=True)
     thread.start()
@@ -59,7 +59,7 @@ def test_outcomes_are_values(edge_corpus: dict[str, Path], tmp_path: Path) -> No
 def test_dead_worker_is_replaced_and_its_video_retried(long_clip: Path, tmp_path: Path) -> None:
     with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=1) as pool:
         first_pid = pool._pool[0].process.pid
-        killer = _when_busy(pool, "kill")
+        killer = _when_decoding(pool, tmp_path, "kill")
         outcomes = list(pool.run([_job(long_clip, tmp_path, "long")]))
         killer.join()
         assert pool._pool[0].process.pid != first_pid
@@ -74,7 +74,7 @@ def test_silent_worker_is_killed_at_the_hard_deadline(
 ) -> None:
     options = DecodeOptions(mode="ffmpeg_cpu", timeout_s=1.0)
     with DecoderPool(options, workers=1, grace_s=1.0) as pool:
-        _when_busy(pool, "stop")
+        _when_decoding(pool, tmp_path, "stop")
         started = time.monotonic()
         (hung,) = pool.run([_job(long_clip, tmp_path, "hung")])
         assert time.monotonic() - started < 10
@@ -93,3 +93,15 @@ def test_abandoned_run_does_not_leak_replies_into_the_next(
         first.close()  # the slow video is still decoding
         later = {o.key: o for o in pool.run([_job(edge_corpus["pattern"], tmp_path, "next")])}
     assert set(later) == {"next"} and later["next"].num_frames == 30
+
+
+def test_worker_that_died_while_idle_is_replaced_before_its_next_job(
+    edge_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=1) as pool:
+        idle = pool._pool[0].process
+        os.kill(idle.pid, signal.SIGKILL)  # the OOM killer, say: no job was lost
+        idle.join(timeout=10)
+        (outcome,) = pool.run([_job(edge_corpus["pattern"], tmp_path, "next")])
+        assert pool._pool[0].process.pid != idle.pid
+    assert outcome.ok and outcome.num_frames == 30 and outcome.fallback_reason is None

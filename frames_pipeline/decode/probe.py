@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 import av
@@ -61,14 +62,31 @@ class VideoInfo:
         return {**asdict(self), "display_hw": self.display_hw, "chroma": self.chroma}
 
 
+@lru_cache(maxsize=1)
+def tolerant_tags() -> dict[str, str]:
+    """The ``av.open`` keywords that keep a tag which is not UTF-8 (old cameras write Latin-1) from
+    making a video unreadable, for the PyAV installed here.
+
+    PyAV 18 and older decode tags strictly unless ``metadata_errors`` says otherwise; PyAV 19 removed
+    that keyword (passing it is a TypeError) and always decodes tags with ``surrogateescape``, which
+    cannot fail. Which of the two is installed is asked with a call that fails fast either way: the
+    keyword is checked before the file is looked for.
+    """
+    guard = {"metadata_errors": "backslashreplace"}
+    try:
+        av.open(os.path.join(os.sep, "nonexistent", "frames_pipeline_probe"), **guard).close()
+    except TypeError:
+        return {}
+    except av.error.FFmpegError:
+        pass
+    return guard
+
+
 def open_container(path: str, *, allow_remote: bool = False) -> av.container.InputContainer:
     """Open ``path`` with FFmpeg, mapping failures to DecodeError. Unless ``allow_remote``, only
     local files, and no format that opens further inputs (playlists, concat scripts)."""
     try:
-        # metadata_errors: a tag that is not UTF-8 (old cameras write Latin-1) must not make the video unreadable.
-        container = av.open(
-            path, options={} if allow_remote else LOCAL_ONLY, timeout=30.0, metadata_errors="backslashreplace"
-        )
+        container = av.open(path, options={} if allow_remote else LOCAL_ONLY, timeout=30.0, **tolerant_tags())
     except av.error.FileNotFoundError:
         raise DecodeError(Reason.NOT_FOUND, "no such file", path=path) from None
     except (av.error.InvalidDataError, av.error.DemuxerNotFoundError, av.error.EOFError) as exc:

@@ -241,9 +241,7 @@ class DecoderPool:
         try:
             while queue or busy:
                 while queue and idle:
-                    worker = idle.pop()
-                    worker.assign(*queue.popleft(), hard_s=self._hard_limit_s)
-                    busy.append(worker)
+                    busy.append(self._hand_out(idle.pop(), queue.popleft()))
                 timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
                 ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout))
                 for worker in list(busy):
@@ -263,6 +261,17 @@ class DecoderPool:
                 worker.stop(kill=True)
                 _remove_partials(worker.job)
                 self._replace(worker)
+
+    def _hand_out(self, worker: _Worker, item: tuple[VideoJob, str, int, str | None]) -> _Worker:
+        """Give ``item`` to ``worker``, or to a fresh worker if that one died while idle (killed, or
+        out of memory): it held no job, so nothing is lost or retried."""
+        try:
+            worker.assign(*item, hard_s=self._hard_limit_s)
+            return worker
+        except OSError:  # BrokenPipeError: the process is gone
+            fresh = self._replace(worker)
+            fresh.assign(*item, hard_s=self._hard_limit_s)
+            return fresh
 
     def _settle(
         self, worker: _Worker, ready: set[Any]
@@ -321,6 +330,7 @@ class DecoderPool:
         )
 
     def _replace(self, worker: _Worker) -> _Worker:
+        worker.stop(kill=True)
         fresh = _Worker(self._ctx, self.options)
         self._pool[self._pool.index(worker)] = fresh
         return fresh
