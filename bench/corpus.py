@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from frames_pipeline.samples import pattern_frame, write_video
+from frames_pipeline.demo.clips import pattern_frame, write_video
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from frames_pipeline.decode import DecodeOptions, extract_frames
-from frames_pipeline.decode.workers import DecoderPool, VideoJob
+from frames_pipeline.decode._pool import DecoderPool, VideoJob
 
 from .corpus import FULL, QUICK, build
 

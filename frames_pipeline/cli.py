@@ -14,10 +14,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .decode import DECODE_MODES, DecodeError, DecodeOptions, probe
-from .decode.workers import DecoderPool, VideoJob, VideoOutcome
-from .manifest import DEFAULT_SHARD_SIZE, ManifestError, find_manifests, read_manifest, shard_keys
-from .store import FramesStore, default_data_root, summarize_shards
+from frames_pipeline.decode import DECODE_MODES, DecodeError, DecodeOptions, probe
+from frames_pipeline.decode._pool import DecoderPool, VideoJob, VideoOutcome
+from frames_pipeline.storage.manifest import (
+    DEFAULT_SHARD_SIZE,
+    ManifestError,
+    find_manifests,
+    read_manifest,
+    shard_keys,
+)
+from frames_pipeline.storage.store import FramesStore, default_data_root, summarize_shards
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from .assets import frames_summary, video_frames, video_manifest
-from .automation import manifest_sensor, pending_shards_schedule, shard_job, summary_job
-from .executors import build_executor
-from .resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.defs.assets import frames_summary, video_frames, video_manifest
+from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.defs.sensors import manifest_sensor, pending_shards_schedule, shard_job, summary_job
+from frames_pipeline.deployment import build_executor
 
 frames_data = FramesDataResource()
 

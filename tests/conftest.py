@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from frames_pipeline.samples import make_edge_corpus
+from frames_pipeline.demo.clips import make_edge_corpus
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return  # asking the driver costs a subprocess; only pay it when GPU tests were collected
-    from frames_pipeline.decode.cuda import cuda_device_count
+    from frames_pipeline.decode._cuda import cuda_device_count
 
     if cuda_device_count() > 0:
         return

@@ -20,9 +20,9 @@ from frames_pipeline.decode import (
     probe,
     pts_path,
 )
-from frames_pipeline.decode.cuda import cuda_device_count
-from frames_pipeline.decode.ffmpeg_bin import find_ffmpeg
-from frames_pipeline.samples import CORPUS_HW, expected_quadrant_colours, quadrant_means, vfr_timestamps
+from frames_pipeline.decode._cuda import cuda_device_count
+from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
+from frames_pipeline.demo.clips import CORPUS_HW, expected_quadrant_colours, quadrant_means, vfr_timestamps
 
 MAX_MAD = 4.0  # mean absolute difference (of 255) allowed against the reference
 COLOUR_TOLERANCE = 16  # per channel, after chroma subsampling and a 40x area shrink

@@ -14,7 +14,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 from frames_pipeline.decode import extract_frames, probe
-from frames_pipeline.decode.probe import open_container, tolerant_tags
+from frames_pipeline.decode._probe import open_container, tolerant_tags
 
 REPO = Path(__file__).resolve().parent.parent
 # Keywords of av.open that PyAV 19 removed (its changelog, "Major"): passing one is a TypeError there.

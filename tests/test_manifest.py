@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from frames_pipeline.manifest import (
+from frames_pipeline.storage.manifest import (
     ManifestError,
     find_manifests,
     manifest_for_stem,

@@ -25,14 +25,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from frames_pipeline.assets import video_frames, video_manifest
-from frames_pipeline.automation import manifest_sensor, pending_shards_schedule
 from frames_pipeline.decode import DecodeOptions, Reason, pts_path
-from frames_pipeline.decode.workers import DecoderPool, VideoJob
-from frames_pipeline.manifest import shard_keys
-from frames_pipeline.partitions import video_shards
-from frames_pipeline.resources import FrameDecoderResource, FramesDataResource
-from frames_pipeline.samples import write_video
+from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.defs.assets import video_frames, video_manifest
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.defs.sensors import manifest_sensor, pending_shards_schedule
+from frames_pipeline.demo.clips import write_video
+from frames_pipeline.storage.manifest import shard_keys
 
 T = TypeVar("T")
 
@@ -185,9 +185,9 @@ def test_every_bad_input_through_one_shard(
 _RUN_SHARD = """
 import sys
 import dagster as dg
-from frames_pipeline.assets import video_frames, video_manifest
-from frames_pipeline.partitions import video_shards
-from frames_pipeline.resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.defs.assets import video_frames, video_manifest
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
 
 root, key = sys.argv[1], sys.argv[2]
 instance = dg.DagsterInstance.get()
@@ -327,7 +327,7 @@ def test_killed_run_leaves_nothing_visible_and_the_rerun_resumes(slow_clip: Path
 _POOL_PARENT = """
 import sys
 from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode.workers import DecoderPool, VideoJob
+from frames_pipeline.decode._pool import DecoderPool, VideoJob
 pool = DecoderPool(DecodeOptions(mode="ffmpeg_cpu", threads=1), workers=1).start()
 print(pool._pool[0].process.pid, flush=True)
 list(pool.run([VideoJob("slow", sys.argv[1], sys.argv[2])]))
@@ -368,7 +368,7 @@ def test_shard_held_by_another_run_fails_fast_and_stays_intact(
         [
             sys.executable,
             "-c",
-            "import sys, time; from frames_pipeline.store import FramesStore; from pathlib import Path\n"
+            "import sys, time; from frames_pipeline.storage.store import FramesStore; from pathlib import Path\n"
             "with FramesStore(Path(sys.argv[1])).open_shard('busy-00000', resume=True):\n"
             "    print('locked', flush=True); time.sleep(120)",
             str(root),
@@ -445,7 +445,7 @@ def test_per_video_timeout_is_a_recorded_reason(slow_clip: Path, edge_corpus: di
 _FULL_DISK = """
 import json, resource, sys
 from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode.workers import DecoderPool, VideoJob
+from frames_pipeline.decode._pool import DecoderPool, VideoJob
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 big, small, out = sys.argv[1:4]
 jobs = [VideoJob("big", big, out + "/big.npy"), VideoJob("small", small, out + "/small.npy")]

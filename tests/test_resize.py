@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from frames_pipeline.decode.resize import ColourSpec, FrameShrinker, ShrinkBatch, coded_size, rotate, yuv_to_rgb
+from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, ShrinkBatch, coded_size, rotate, yuv_to_rgb
 
 # (Kr, Kb) from the standards themselves, independent of the module under test.
 STANDARD_K = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}

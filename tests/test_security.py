@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 import frames_pipeline
 from frames_pipeline.decode import DecodeError, DecodeOptions, Reason, extract_frames, probe
-from frames_pipeline.decode.backends.ffmpeg_gpu import FFmpegGPUBackend
-from frames_pipeline.manifest import MANIFEST_SUFFIXES, ManifestError, read_manifest, safe_video_id, unique_ids
-from frames_pipeline.samples import write_video
+from frames_pipeline.decode._backends.ffmpeg_gpu import FFmpegGPUBackend
+from frames_pipeline.demo.clips import write_video
+from frames_pipeline.storage.manifest import MANIFEST_SUFFIXES, ManifestError, read_manifest, safe_video_id, unique_ids
 
 PACKAGE = Path(frames_pipeline.__file__).parent
 # Calls that hand a string to a shell.

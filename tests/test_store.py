@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from frames_pipeline.decode import pts_path
-from frames_pipeline.locations import Location
-from frames_pipeline.store import FramesStore, ShardBusyError, ShardWriter, summarize_shards
+from frames_pipeline.storage.locations import Location
+from frames_pipeline.storage.store import FramesStore, ShardBusyError, ShardWriter, summarize_shards
 
 
 def record(video_id: str, ok: bool = True, frames: int = 3, version: str = "v") -> dict[str, object]:

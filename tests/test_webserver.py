@@ -18,8 +18,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from frames_pipeline.samples import write_video
-from frames_pipeline.store import FramesStore
+from frames_pipeline.demo.clips import write_video
+from frames_pipeline.storage.store import FramesStore
 
 REPO = Path(__file__).resolve().parent.parent
 SHARD = "smoke-00000"
@@ -200,7 +200,7 @@ def test_ui_materializes_a_partition_and_shows_its_frames(webserver: tuple[str, 
     # definitions read this test's FRAMES_PIPELINE_DATA and DAGSTER_HOME, not an earlier test's.
     upstream = (
         "import dagster as dg\n"
-        "from frames_pipeline.assets import video_manifest\n"
+        "from frames_pipeline.defs.assets import video_manifest\n"
         "from frames_pipeline.definitions import defs\n"
         "with dg.DagsterInstance.get() as instance:\n"
         f"    assert dg.materialize([video_manifest], partition_key={SHARD!r}, instance=instance,"

@@ -20,14 +20,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..cuda import cuda_unavailable_reason
-from ..errors import DecodeError, Reason
-from ..ffmpeg_bin import find_ffmpeg
-from ..options import DecodeOptions
-from ..probe import VideoInfo
-from ..resize import ColourSpec, FrameShrinker
-from . import FrameBatch
-from .pynvc import intermediate_size
+from frames_pipeline.decode._backends import FrameBatch
+from frames_pipeline.decode._backends.pynvc import intermediate_size
+from frames_pipeline.decode._cuda import cuda_unavailable_reason
+from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
+from frames_pipeline.decode._options import DecodeOptions
+from frames_pipeline.decode._probe import VideoInfo
+from frames_pipeline.decode._resize import ColourSpec, FrameShrinker
 
 # FFmpeg codec name -> its NVDEC decoder in FFmpeg.
 _CUVID = {

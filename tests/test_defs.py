@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from frames_pipeline.assets import frames_summary, video_frames, video_manifest
-from frames_pipeline.automation import manifest_sensor, pending_shards_schedule
 from frames_pipeline.definitions import defs
-from frames_pipeline.locations import Location
-from frames_pipeline.manifest import file_hash
-from frames_pipeline.partitions import video_shards
-from frames_pipeline.resources import FrameDecoderResource, FramesDataResource
-from frames_pipeline.samples import write_video
-from frames_pipeline.store import FramesStore
+from frames_pipeline.defs.assets import frames_summary, video_frames, video_manifest
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.defs.sensors import manifest_sensor, pending_shards_schedule
+from frames_pipeline.demo.clips import write_video
+from frames_pipeline.storage.locations import Location
+from frames_pipeline.storage.manifest import file_hash
+from frames_pipeline.storage.store import FramesStore
 
 CLIPS = {"v0": 6, "v1": 7, "v2": 8, "v3": 5}  # name -> frame count
 SHARD_SIZE = 2

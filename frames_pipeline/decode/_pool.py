@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .errors import DecodeError, Reason
-from .extract import close_backends, extract_to_file, preferred_mode, pts_path
-from .options import GPU_MODES, DecodeOptions
-from .writer import remove_partials
+from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._extract import close_backends, extract_to_file, preferred_mode, pts_path
+from frames_pipeline.decode._npy import remove_partials
+from frames_pipeline.decode._options import GPU_MODES, DecodeOptions
 
 # Math libraries spin threads of their own; in workers they would only compete with the decoder's.
 _WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

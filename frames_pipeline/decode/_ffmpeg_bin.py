@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .errors import DecodeError, Reason
+from frames_pipeline.decode._errors import DecodeError, Reason
 
 
 def find_ffmpeg(binary: str | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from .probe import DEFAULT_MAX_PIXELS
+from frames_pipeline.decode._probe import DEFAULT_MAX_PIXELS
 
 DecodeMode = Literal["auto", "pynvc", "ffmpeg_gpu", "ffmpeg_cpu"]
 DECODE_MODES: tuple[str, ...] = get_args(DecodeMode)

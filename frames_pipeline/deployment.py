@@ -16,7 +16,7 @@ import os
 
 import dagster as dg
 
-from .decode.options import DECODE_MODES, GPU_MODES
+from frames_pipeline.decode._options import DECODE_MODES, GPU_MODES
 
 EXECUTOR_ENV = "FRAMES_PIPELINE_EXECUTOR"
 DECODER_MODE_ENV = "FRAMES_PIPELINE_DECODER_MODE"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode.workers import DecoderPool, VideoJob
-from frames_pipeline.samples import write_video
+from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.demo.clips import write_video
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .backends import Backend, DamagedStream, FrameBatch, create_backend
-from .cuda import cuda_unavailable_reason
-from .errors import DecodeError, Reason
-from .options import GPU_MODES, DecodeOptions
-from .probe import VideoInfo, probe
-from .writer import NpyStreamWriter, save_npy_atomic
+from frames_pipeline.decode._backends import Backend, DamagedStream, FrameBatch, create_backend
+from frames_pipeline.decode._cuda import cuda_unavailable_reason
+from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._npy import NpyStreamWriter, save_npy_atomic
+from frames_pipeline.decode._options import GPU_MODES, DecodeOptions
+from frames_pipeline.decode._probe import VideoInfo, probe
 
 
 @dataclass(frozen=True)

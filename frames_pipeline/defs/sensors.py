@@ -13,8 +13,10 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-from .assets import video_frames, video_manifest
-from .manifest import (
+from frames_pipeline.defs.assets import video_frames, video_manifest
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.defs.resources import FramesDataResource
+from frames_pipeline.storage.manifest import (
     ManifestError,
     file_hash,
     find_manifests,
@@ -23,9 +25,7 @@ from .manifest import (
     parse_shard_key,
     shard_keys,
 )
-from .partitions import video_shards
-from .resources import FramesDataResource
-from .store import FramesStore
+from frames_pipeline.storage.store import FramesStore
 
 shard_job = dg.define_asset_job(
     "shard_job",

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..cuda import cuda_unavailable_reason
-from ..errors import DecodeError, Reason
-from ..options import DecodeOptions
-from ..probe import VideoInfo
-from ..resize import ColourSpec, FrameShrinker, coded_size
-from . import FrameBatch
+from frames_pipeline.decode._backends import FrameBatch
+from frames_pipeline.decode._cuda import cuda_unavailable_reason
+from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._options import DecodeOptions
+from frames_pipeline.decode._probe import VideoInfo
+from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, coded_size
 
 # FFmpeg codec name -> PyNvVideoCodec cudaVideoCodec member.
 _CODECS = {

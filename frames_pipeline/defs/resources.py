@@ -5,11 +5,11 @@ from collections.abc import Iterable, Iterator
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from .decode import DecodeOptions
-from .decode.workers import DecoderPool, VideoJob, VideoOutcome
-from .executors import decoder_mode as configured_decoder_mode
-from .manifest import DEFAULT_SHARD_SIZE
-from .store import FramesStore, default_data_root
+from frames_pipeline.decode import DecodeOptions
+from frames_pipeline.decode._pool import DecoderPool, VideoJob, VideoOutcome
+from frames_pipeline.deployment import decoder_mode as configured_decoder_mode
+from frames_pipeline.storage.manifest import DEFAULT_SHARD_SIZE
+from frames_pipeline.storage.store import FramesStore, default_data_root
 
 
 class FrameDecoderResource(dg.ConfigurableResource):

@@ -9,8 +9,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from ..options import DecodeOptions
-from ..probe import VideoInfo
+from frames_pipeline.decode._options import DecodeOptions
+from frames_pipeline.decode._probe import VideoInfo
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,15 @@ class Backend(Protocol):
 def create_backend(mode: str, options: DecodeOptions) -> Backend:
     """Instantiate the backend for a concrete mode (not "auto")."""
     if mode == "ffmpeg_cpu":
-        from .ffmpeg_cpu import FFmpegCPUBackend
+        from frames_pipeline.decode._backends.ffmpeg_cpu import FFmpegCPUBackend
 
         return FFmpegCPUBackend(options)
     if mode == "ffmpeg_gpu":
-        from .ffmpeg_gpu import FFmpegGPUBackend
+        from frames_pipeline.decode._backends.ffmpeg_gpu import FFmpegGPUBackend
 
         return FFmpegGPUBackend(options)
     if mode == "pynvc":
-        from .pynvc import PyNvcBackend
+        from frames_pipeline.decode._backends.pynvc import PyNvcBackend
 
         return PyNvcBackend(options)
     raise ValueError(f"no backend for mode {mode!r}")

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DecodeError
-from .extract import extract_frames, pts_path
-from .options import DECODE_MODES, DecodeOptions
-from .workers import DecoderPool, VideoJob
+from frames_pipeline.decode._errors import DecodeError
+from frames_pipeline.decode._extract import extract_frames, pts_path
+from frames_pipeline.decode._options import DECODE_MODES, DecodeOptions
+from frames_pipeline.decode._pool import DecoderPool, VideoJob
 
 logger = logging.getLogger(__name__)
 

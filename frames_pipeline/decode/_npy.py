@@ -15,7 +15,7 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DecodeError, Reason
+from frames_pipeline.decode._errors import DecodeError, Reason
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _HEADER_BYTES = 128  # magic + length + dict, padded; a multiple of 64 as the format asks

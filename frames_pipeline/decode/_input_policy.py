@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import DecodeError, Reason
+from frames_pipeline.decode._errors import DecodeError, Reason
 
 # FFmpeg treats "name:" as a protocol prefix; a Windows drive letter is the only harmless form.
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")

@@ -13,8 +13,8 @@ import av
 import av.error
 import numpy as np
 
-from .errors import DecodeError, Reason
-from .sources import INDIRECT_FORMATS, resolve_source
+from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._input_policy import INDIRECT_FORMATS, resolve_source
 
 # Larger than any codec's level limit (8192x8192 HEVC/AV1); a header above this is a decompression bomb.
 DEFAULT_MAX_PIXELS = 8192 * 8192

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from frames_pipeline.decode import DecodeError, Reason
-from frames_pipeline.decode.writer import NpyStreamWriter, _header, save_npy_atomic
+from frames_pipeline.decode._npy import NpyStreamWriter, _header, save_npy_atomic
 
 FRAME = (27, 48, 3)
 

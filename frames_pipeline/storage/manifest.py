@@ -26,8 +26,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .decode.sources import is_url
-from .locations import Location
+from frames_pipeline.decode._input_policy import is_url
+from frames_pipeline.storage.locations import Location
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 DEFAULT_SHARD_SIZE = 100

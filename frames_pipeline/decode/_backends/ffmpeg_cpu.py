@@ -17,11 +17,11 @@ import av.logging
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import DecodeError, Reason
-from ..options import DecodeOptions
-from ..probe import VideoInfo, main_video_stream, open_container
-from ..resize import ColourSpec, FrameShrinker, ShrinkBatch
-from . import DamagedStream, FrameBatch
+from frames_pipeline.decode._backends import DamagedStream, FrameBatch
+from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._options import DecodeOptions
+from frames_pipeline.decode._probe import VideoInfo, main_video_stream, open_container
+from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, ShrinkBatch
 
 # Planar Y'CbCr layouts read directly; anything else is converted to yuv444p first.
 _DIRECT = {

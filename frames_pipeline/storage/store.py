@@ -55,8 +55,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .decode import pts_path
-from .locations import Location
+from frames_pipeline.decode import pts_path
+from frames_pipeline.storage.locations import Location
 
 DATA_ENV = "FRAMES_PIPELINE_DATA"
 STAGING_ENV = "FRAMES_PIPELINE_STAGING"

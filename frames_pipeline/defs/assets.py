@@ -15,15 +15,22 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from .decode import DecodeError, DecodeOptions, Reason, probe_with_options
-from .decode.errors import printable
-from .decode.workers import VideoJob, VideoOutcome
-from .executors import video_frames_op_tags
-from .manifest import file_hash, manifest_for_stem, parse_shard_key, read_manifest, shard_rows
-from .partitions import video_shards
-from .preview import SheetRow, bar_chart, contact_sheet, markdown_image
-from .resources import FrameDecoderResource, FramesDataResource
-from .store import ShardBusyError, ShardWriter, count_values, frames_problem, merge_counts, summarize_shards
+from frames_pipeline.decode import DecodeError, DecodeOptions, Reason, probe_with_options
+from frames_pipeline.decode._errors import printable
+from frames_pipeline.decode._pool import VideoJob, VideoOutcome
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
+from frames_pipeline.deployment import video_frames_op_tags
+from frames_pipeline.previews import SheetRow, bar_chart, contact_sheet, markdown_image
+from frames_pipeline.storage.manifest import file_hash, manifest_for_stem, parse_shard_key, read_manifest, shard_rows
+from frames_pipeline.storage.store import (
+    ShardBusyError,
+    ShardWriter,
+    count_values,
+    frames_problem,
+    merge_counts,
+    summarize_shards,
+)
 
 FRAME_COUNT_CHECK = "frame_counts_match_probe"
 ARRAY_CHECK = "arrays_well_formed"

@@ -22,8 +22,10 @@ from dagster_k8s.job import get_user_defined_k8s_config
 from kubernetes.client import V1Job
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from frames_pipeline.assets import video_frames
-from frames_pipeline.executors import (
+from frames_pipeline.defs.assets import video_frames
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.demo.clips import write_video
+from frames_pipeline.deployment import (
     DECODER_MODE_ENV,
     EXECUTOR_ENV,
     GPU_ENV,
@@ -34,10 +36,8 @@ from frames_pipeline.executors import (
     decoder_mode,
     video_frames_op_tags,
 )
-from frames_pipeline.locations import Location
-from frames_pipeline.partitions import video_shards
-from frames_pipeline.samples import write_video
-from frames_pipeline.store import FramesStore
+from frames_pipeline.storage.locations import Location
+from frames_pipeline.storage.store import FramesStore
 
 REPO = Path(__file__).resolve().parent.parent
 HELM_VALUES = REPO / "deploy" / "helm" / "values.yaml"

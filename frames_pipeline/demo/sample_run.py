@@ -1,6 +1,6 @@
 """The README's main job: sample videos in, frame arrays out, through a persistent Dagster instance.
 
-``python -m frames_pipeline.sample_run`` generates the sample clips if missing, registers the shards
+``python -m frames_pipeline.demo.sample_run`` generates the sample clips if missing, registers the shards
 of every manifest, materializes each shard and then the summary, and prints a table. Runs are
 stored in ``$DAGSTER_HOME`` (default ``.dagster_home/`` in the repository), so
 ``DAGSTER_HOME=$PWD/.dagster_home dagster dev`` shows them afterwards.
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from .definitions import defs, frames_data
-from .manifest import find_manifests, shard_keys
-from .partitions import video_shards
-from .samples import make_sample_videos, write_sample_manifest
-from .store import merge_counts, summarize_shards
+from frames_pipeline.definitions import defs, frames_data
+from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.demo.clips import make_sample_videos, write_sample_manifest
+from frames_pipeline.storage.manifest import find_manifests, shard_keys
+from frames_pipeline.storage.store import merge_counts, summarize_shards
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Per-video progress (INFO) on the console, without Dagster's step-by-step DEBUG events.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
