@@ -67,8 +67,7 @@ def open_ours(paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
 
 @contextmanager
 def open_ours_pool(paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
-    from frames_pipeline.decode import DecodeOptions
-    from frames_pipeline.decode._pool import DecoderPool, VideoJob
+    from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob
 
     workers = 2
     with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=workers) as pool:

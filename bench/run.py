@@ -284,7 +284,7 @@ def run_benchmark(
     corpus_dir: Path, quick: bool, repeats: int, keys: Sequence[str] | None, sets: Sequence[str] | None
 ) -> dict[str, Any]:
     """Build the corpus and references, run every row, and return the results for the report."""
-    from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
+    from frames_pipeline.decode import find_ffmpeg
 
     from .corpus import FULL, QUICK, build
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from frames_pipeline.decode import DECODE_MODES, DecodeError, DecodeOptions, probe
-from frames_pipeline.decode._pool import DecoderPool, VideoJob, VideoOutcome
+from frames_pipeline.decode import DECODE_MODES, DecodeError, DecodeOptions, DecoderPool, VideoJob, VideoOutcome, probe
 from frames_pipeline.storage.manifest import (
     DEFAULT_SHARD_SIZE,
     ManifestError,
@@ -23,7 +22,8 @@ from frames_pipeline.storage.manifest import (
     read_manifest,
     shard_keys,
 )
-from frames_pipeline.storage.store import FramesStore, default_data_root, summarize_shards
+from frames_pipeline.storage.store import FramesStore, default_data_root
+from frames_pipeline.storage.summary import summarize_shards
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -134,35 +134,20 @@ def _extract(args: argparse.Namespace) -> int:
             outcomes.append(outcome)
             bar.update()
             if args.json:
-                print(json.dumps(_row(outcome)), flush=True)
+                print(json.dumps(outcome.to_record() | {"output": outcome.output}), flush=True)
     if not args.json:
         _print_table(outcomes)
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
-        print(f"FAILED {outcome.source}: {outcome.error_reason}: {outcome.error}", file=sys.stderr)
+        print(f"FAILED {outcome.source}: {outcome.error_reason}: {outcome.error} ({outcome.hint})", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _row(outcome: VideoOutcome) -> dict[str, object]:
-    return {
-        "video": outcome.source,
-        "status": outcome.status,
-        "frames": outcome.num_frames,
-        "mode": outcome.decode_mode,
-        "fallback_reason": outcome.fallback_reason,
-        "error_reason": outcome.error_reason,
-        "error": outcome.error,
-        "seconds": round(outcome.decode_seconds, 3),
-        "output": outcome.output,
-        "warnings": list(outcome.warnings),
-    }
 
 
 def _print_table(outcomes: list[VideoOutcome]) -> None:
     header = ("video", "status", "frames", "mode", "fps", "note")
     rows = [header]
     for o in sorted(outcomes, key=lambda o: o.source):
-        fps = f"{o.num_frames / o.decode_seconds:.0f}" if o.ok and o.decode_seconds > 0 else "-"
+        fps = f"{o.num_frames / o.decode_s:.0f}" if o.ok and o.decode_s > 0 else "-"
         note = o.error_reason or o.fallback_reason or (f"{len(o.warnings)} warnings" if o.warnings else "")
         rows.append((Path(o.source).name, o.status, str(o.num_frames), o.decode_mode or "-", fps, note))
     _print_rows(rows)
@@ -184,7 +169,7 @@ def _probe(videos: list[Path]) -> int:
         try:
             print(json.dumps(probe(video).to_dict(), indent=2))
         except DecodeError as exc:
-            print(f"FAILED {video}: {exc} ({exc.hint})", file=sys.stderr)
+            print(f"FAILED {video}: {exc}", file=sys.stderr)
             status = EXIT_FAILED
     return status
 

@@ -16,10 +16,10 @@ import os
 
 import dagster as dg
 
-from frames_pipeline.decode._options import DECODE_MODES, GPU_MODES
+from frames_pipeline.decode import DECODE_MODES, GPU_MODES
 
 EXECUTOR_ENV = "FRAMES_PIPELINE_EXECUTOR"
-DECODER_MODE_ENV = "FRAMES_PIPELINE_DECODER_MODE"
+MODE_ENV = "FRAMES_PIPELINE_MODE"
 GPU_ENV = "FRAMES_PIPELINE_GPU"
 RAY_TAG = "dagster-ray/config"
 K8S_TAG = "dagster-k8s/config"
@@ -52,11 +52,11 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
     return getattr(module, attribute)
 
 
-def decoder_mode() -> str:
-    """``$FRAMES_PIPELINE_DECODER_MODE`` (default ``auto``): the ``frame_decoder`` mode this deployment runs."""
-    mode = os.environ.get(DECODER_MODE_ENV, "").strip() or "auto"
+def configured_mode() -> str:
+    """``$FRAMES_PIPELINE_MODE`` (default ``auto``): the ``frame_decoder`` mode this deployment runs."""
+    mode = os.environ.get(MODE_ENV, "").strip() or "auto"
     if mode not in DECODE_MODES:
-        raise ValueError(f"{DECODER_MODE_ENV}={mode!r}: expected one of {', '.join(DECODE_MODES)}")
+        raise ValueError(f"{MODE_ENV}={mode!r}: expected one of {', '.join(DECODE_MODES)}")
     return mode
 
 
@@ -77,7 +77,7 @@ def video_frames_op_tags(mode: str | None = None) -> dict[str, str]:
     """Op tags of ``video_frames``: one GPU on Ray and on Kubernetes when ``mode`` (default: from the
     environment) needs one, else none. Each executor reads only its own tag; values are JSON, as both
     libraries parse them."""
-    if not needs_gpu(decoder_mode() if mode is None else mode):
+    if not needs_gpu(configured_mode() if mode is None else mode):
         return {}
     k8s = {
         "container_config": {"resources": {"limits": {GPU_RESOURCE: "1"}}},

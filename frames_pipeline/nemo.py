@@ -16,10 +16,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from frames_pipeline.decode._errors import DecodeError
-from frames_pipeline.decode._extract import extract_frames, pts_path
-from frames_pipeline.decode._options import DECODE_MODES, DecodeOptions
-from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.decode import (
+    DECODE_MODES,
+    DecodeError,
+    DecodeOptions,
+    DecoderPool,
+    VideoJob,
+    extract_frames,
+    pts_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ def get_frames_from_ffmpeg(
     try:
         result = extract_frames(video_file, output_hw=(height, width), mode="ffmpeg_gpu" if use_gpu else "ffmpeg_cpu")
     except DecodeError as exc:
-        logger.warning("frame extraction failed for %s: %s (%s)", video_file, exc, exc.hint)
+        logger.warning("frame extraction failed for %s: %s", video_file, exc)
         return None
     for line in result.warnings:
         logger.warning("%s: %s", video_file, line)

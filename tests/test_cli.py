@@ -35,7 +35,7 @@ def test_extract_json_lines_and_success_code(
     )
     (line,) = capsys.readouterr().out.splitlines()
     row = json.loads(line)
-    assert row["status"] == "ok" and row["mode"] == "ffmpeg_cpu" and row["frames"] == 40
+    assert row["status"] == "ok" and row["decode_mode"] == "ffmpeg_cpu" and row["num_frames"] == 40  # index names
 
 
 @pytest.mark.parametrize("argv", [["extract", "x.mp4"], ["extract", "x.mp4", "--out", "o", "--hw", "27"], ["nope"]])
@@ -53,7 +53,7 @@ def test_same_output_name_twice_is_refused(edge_corpus: dict[str, Path], tmp_pat
 def test_probe_prints_video_info(edge_corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probe", str(edge_corpus["rotated_90"])]) == EXIT_OK
     info = json.loads(capsys.readouterr().out)
-    assert info["rotation"] == 90 and info["num_frames"] == 30 and info["display_hw"] == [256, 144]
+    assert info["rotation"] == 90 and info["num_frames_from_content"] == 30 and info["display_hw"] == [256, 144]
     assert main(["probe", str(edge_corpus["garbage"])]) == EXIT_FAILED
 
 

@@ -1,5 +1,7 @@
 """The code location on real tiny videos: shard runs, checks, sensor, schedule and summary."""
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from frames_pipeline.definitions import defs
 from frames_pipeline.defs.assets import frames_summary, video_frames, video_manifest
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
-from frames_pipeline.defs.sensors import manifest_sensor, pending_shards_schedule
+from frames_pipeline.defs.schedules import pending_shards_schedule
+from frames_pipeline.defs.sensors import manifest_sensor
 from frames_pipeline.demo.clips import write_video
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.manifest import file_hash
@@ -50,7 +53,7 @@ def write_manifest(root: Path, stem: str, files: list[str]) -> Path:
 def resources(root: Path | str) -> dict[str, dg.ConfigurableResource]:
     return {
         "frames_data": FramesDataResource(data_root=str(root), shard_size=SHARD_SIZE),
-        "frame_decoder": FrameDecoderResource(workers=1, decoder_mode="auto"),
+        "frame_decoder": FrameDecoderResource(workers=1, mode="auto"),
     }
 
 
@@ -88,6 +91,19 @@ def test_definitions_load() -> None:
     assert defs.resolve_schedule_def("pending_shards_schedule").cron_schedule == "0 * * * *"
 
 
+def test_dg_loads_the_project_from_its_defs_folder() -> None:
+    """`dg check defs` and `dg list defs` (what `dg dev` loads) see the same definitions."""
+    dg_cli = Path(sys.executable).with_name("dg")
+    repo = Path(__file__).resolve().parents[1]
+    checked = subprocess.run([dg_cli, "check", "defs"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout, checked.stderr
+    listed = subprocess.run(
+        [dg_cli, "list", "defs", "--json"], cwd=repo, capture_output=True, text=True, timeout=300, check=True
+    )
+    for name in ("video_manifest", "video_frames", "frames_summary", "shard_job", "manifest_sensor"):
+        assert name in listed.stdout
+
+
 def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: dg.DagsterInstance) -> None:
     result = run_shard(instance, data_root, "clips-00001")  # v2 and the garbage file
     assert result.success
@@ -119,8 +135,16 @@ def test_shard_run_writes_frames_index_and_metadata(data_root: Path, instance: d
     assert index["manifest_row"].tolist() == [3, 4]
 
     manifest = result.output_for_node("video_manifest")
-    assert manifest.table["label"].tolist() == ["2", "3"]  # extra columns carried through
-    assert manifest.table["probe_status"].tolist() == ["ok", "failed"]
+    assert [row.extra["label"] for row in manifest.rows] == ["2", "3"]  # extra columns carried through
+    # One probe per video, in the decoder's worker: its findings are index columns.
+    assert index.loc["v2", ["codec", "source_height", "source_width", "vfr", "rotation"]].tolist() == [
+        "h264",
+        32,
+        48,
+        False,
+        0,
+    ]
+    assert pd.isna(index.loc["bad", "codec"])
 
     metadata = result.asset_materializations_for_node("video_frames")[0].metadata
     values = {k: v.value for k, v in metadata.items()}
@@ -291,7 +315,7 @@ def test_decoder_resource_knows_its_effective_mode() -> None:
         assert built.frame_decoder.effective_mode in ("pynvc", "ffmpeg_gpu", "ffmpeg_cpu")
         assert built.frame_decoder.decode_options().output_hw == (18, 32)
     with pytest.raises(ValueError, match="unknown decode mode"):
-        FrameDecoderResource(decoder_mode="gpu").decode_options()
+        FrameDecoderResource(mode="gpu").decode_options()
 
 
 def test_instance_settings_allow_one_run_per_shard(tmp_path: Path) -> None:

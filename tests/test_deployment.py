@@ -26,14 +26,14 @@ from frames_pipeline.defs.assets import video_frames
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.demo.clips import write_video
 from frames_pipeline.deployment import (
-    DECODER_MODE_ENV,
     EXECUTOR_ENV,
     GPU_ENV,
     GPU_RESOURCE,
     K8S_TAG,
+    MODE_ENV,
     RAY_TAG,
     build_executor,
-    decoder_mode,
+    configured_mode,
     video_frames_op_tags,
 )
 from frames_pipeline.storage.locations import Location
@@ -41,7 +41,7 @@ from frames_pipeline.storage.store import FramesStore
 
 REPO = Path(__file__).resolve().parent.parent
 HELM_VALUES = REPO / "deploy" / "helm" / "values.yaml"
-SCALE_OUT_ENV = (EXECUTOR_ENV, DECODER_MODE_ENV, GPU_ENV)
+SCALE_OUT_ENV = (EXECUTOR_ENV, MODE_ENV, GPU_ENV)
 
 
 @pytest.fixture(autouse=True)
@@ -88,9 +88,9 @@ def test_unknown_executor_or_mode_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(EXECUTOR_ENV, "celery")
     with pytest.raises(ValueError, match="multiprocess, ray, k8s"):
         build_executor()
-    monkeypatch.setenv(DECODER_MODE_ENV, "cuda")
+    monkeypatch.setenv(MODE_ENV, "cuda")
     with pytest.raises(ValueError, match="auto, pynvc, ffmpeg_gpu, ffmpeg_cpu"):
-        decoder_mode()
+        configured_mode()
 
 
 @pytest.mark.parametrize(("name", "module", "extra"), [("ray", "dagster_ray", "ray"), ("k8s", "dagster_k8s", "k8s")])
@@ -114,7 +114,7 @@ def test_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch, name: 
 def test_gpu_is_requested_only_when_the_mode_needs_one(
     monkeypatch: pytest.MonkeyPatch, mode: str, gpu_flag: str | None, gpu: bool
 ) -> None:
-    monkeypatch.setenv(DECODER_MODE_ENV, mode)
+    monkeypatch.setenv(MODE_ENV, mode)
     if gpu_flag is not None:
         monkeypatch.setenv(GPU_ENV, gpu_flag)
     tags = video_frames_op_tags()
@@ -124,10 +124,10 @@ def test_gpu_is_requested_only_when_the_mode_needs_one(
 
 
 def test_configuration_alone_sets_executor_and_gpu_tags() -> None:
-    name, tags = load_definitions({EXECUTOR_ENV: "k8s", DECODER_MODE_ENV: "pynvc"})
+    name, tags = load_definitions({EXECUTOR_ENV: "k8s", MODE_ENV: "pynvc"})
     assert name == "k8s"
     assert {k: v for k, v in tags.items() if k in (RAY_TAG, K8S_TAG)} == video_frames_op_tags("pynvc")
-    name, tags = load_definitions({EXECUTOR_ENV: "ray", DECODER_MODE_ENV: "ffmpeg_cpu"})
+    name, tags = load_definitions({EXECUTOR_ENV: "ray", MODE_ENV: "ffmpeg_cpu"})
     assert name == "ray"
     assert RAY_TAG not in tags and K8S_TAG not in tags
 
@@ -178,7 +178,7 @@ def test_k8s_step_job_asks_for_one_gpu_in_gpu_modes() -> None:
     env = {e.name: e.value for e in container.env}
     assert env["FRAMES_PIPELINE_DATA"] == "/data"
     assert env["FRAMES_PIPELINE_EXECUTOR"] == "k8s"
-    assert env["FRAMES_PIPELINE_DECODER_MODE"] == "pynvc"
+    assert env["FRAMES_PIPELINE_MODE"] == "pynvc"
     assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
     assert env["DAGSTER_HOME"] == "/opt/dagster/dagster_home"
     volumes = {v.name: v for v in pod.volumes}
@@ -292,12 +292,12 @@ def test_ray_executor_materializes_two_shards(
 
     # The Ray head has none of our settings: the executor forwards them to each step (run config).
     run_config = tmp_path / "run_config.yaml"
-    forwarded = ["FRAMES_PIPELINE_DATA", "FRAMES_PIPELINE_EXECUTOR", "FRAMES_PIPELINE_DECODER_MODE"]
+    forwarded = ["FRAMES_PIPELINE_DATA", "FRAMES_PIPELINE_EXECUTOR", "FRAMES_PIPELINE_MODE"]
     forwarded += ["FRAMES_PIPELINE_STAGING", *(name for name in os.environ if name.startswith("AWS_"))]
     run_config.write_text(yaml.safe_dump({"execution": {"config": {"ray": {"env_vars": forwarded}}}}))
     env = os.environ | {
         EXECUTOR_ENV: "ray",
-        DECODER_MODE_ENV: "ffmpeg_cpu",
+        MODE_ENV: "ffmpeg_cpu",
         "FRAMES_PIPELINE_DATA": s3_root,
         "RAY_ADDRESS": ray_head,
         "DAGSTER_HOME": str(home),

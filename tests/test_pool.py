@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob
 from frames_pipeline.demo.clips import write_video
 
 

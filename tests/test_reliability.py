@@ -25,12 +25,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from frames_pipeline.decode import DecodeOptions, Reason, pts_path
-from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.decode import DecodeOptions, DecoderPool, Reason, VideoJob, pts_path
 from frames_pipeline.defs.assets import video_frames, video_manifest
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
-from frames_pipeline.defs.sensors import manifest_sensor, pending_shards_schedule
+from frames_pipeline.defs.schedules import pending_shards_schedule
+from frames_pipeline.defs.sensors import manifest_sensor
 from frames_pipeline.demo.clips import write_video
 from frames_pipeline.storage.manifest import shard_keys
 
@@ -166,9 +166,8 @@ def test_every_bad_input_through_one_shard(
     assert [index[v]["num_frames"] for v in ("_._x", "dup", "dup~2", "caf_")] == [30, 30, 40, 30]
     assert index["caf_"]["source"].endswith("caf\\xe9\\xff.mp4")
 
-    # The probe already applied the decoder's input rules.
-    probed = result.output_for_node("video_manifest").table.set_index("video_id")["probe_error_reason"]
-    assert probed["symlink_out"] == Reason.OUTSIDE_ALLOWED_ROOTS and probed["url"] == Reason.REMOTE_INPUT
+    # The probe applies the decoder's input rules, with a hint in the index.
+    assert index["symlink_out"]["error_reason"] == Reason.OUTSIDE_ALLOWED_ROOTS and index["url"]["hint"]
 
     ok_ids = [v for v, (s, _) in status.items() if s == "ok"]
     assert {p.name for p in shard.rglob("*.npy")} == {f"{v}{ext}" for v in ok_ids for ext in (".npy", ".pts.npy")}
@@ -194,7 +193,7 @@ instance = dg.DagsterInstance.get()
 instance.add_dynamic_partitions(video_shards.name, [key])
 resources = {
     "frames_data": FramesDataResource(data_root=root),
-    "frame_decoder": FrameDecoderResource(workers=1, decoder_mode="ffmpeg_cpu"),
+    "frame_decoder": FrameDecoderResource(workers=1, mode="ffmpeg_cpu"),
 }
 result = dg.materialize([video_manifest, video_frames], partition_key=key, instance=instance, resources=resources)
 print("num_resumed", result.asset_materializations_for_node("video_frames")[0].metadata["num_resumed"].value)
@@ -327,7 +326,7 @@ def test_killed_run_leaves_nothing_visible_and_the_rerun_resumes(slow_clip: Path
 _POOL_PARENT = """
 import sys
 from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.decode import DecoderPool, VideoJob
 pool = DecoderPool(DecodeOptions(mode="ffmpeg_cpu", threads=1), workers=1).start()
 print(pool._pool[0].process.pid, flush=True)
 list(pool.run([VideoJob("slow", sys.argv[1], sys.argv[2])]))
@@ -369,7 +368,8 @@ def test_shard_held_by_another_run_fails_fast_and_stays_intact(
             sys.executable,
             "-c",
             "import sys, time; from frames_pipeline.storage.store import FramesStore; from pathlib import Path\n"
-            "with FramesStore(Path(sys.argv[1])).open_shard('busy-00000', resume=True):\n"
+            "from frames_pipeline.storage.shard_writer import ShardWriter\n"
+            "with ShardWriter(FramesStore(Path(sys.argv[1])), 'busy-00000', resume=True):\n"
             "    print('locked', flush=True); time.sleep(120)",
             str(root),
         ],
@@ -445,7 +445,7 @@ def test_per_video_timeout_is_a_recorded_reason(slow_clip: Path, edge_corpus: di
 _FULL_DISK = """
 import json, resource, sys
 from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode._pool import DecoderPool, VideoJob
+from frames_pipeline.decode import DecoderPool, VideoJob
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 big, small, out = sys.argv[1:4]
 jobs = [VideoJob("big", big, out + "/big.npy"), VideoJob("small", small, out + "/small.npy")]

@@ -238,7 +238,7 @@ def test_mutated_video_bytes_give_frames_or_a_reason(small_clip: bytes, data: st
                 assert exc.hint and exc.message
                 continue
             if attempt is probe:
-                assert result.num_frames > 0 and result.width > 0 and result.height > 0
+                assert result.num_frames_from_content > 0 and result.width > 0 and result.height > 0
             else:
                 assert result.frames is not None and result.frames.dtype == np.uint8
                 assert result.frames.shape == (result.num_frames, 27, 48, 3) and result.num_frames > 0

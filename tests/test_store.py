@@ -10,7 +10,9 @@ import pytest
 
 from frames_pipeline.decode import pts_path
 from frames_pipeline.storage.locations import Location
-from frames_pipeline.storage.store import FramesStore, ShardBusyError, ShardWriter, summarize_shards
+from frames_pipeline.storage.shard_writer import ShardBusyError, ShardWriter
+from frames_pipeline.storage.store import FramesStore
+from frames_pipeline.storage.summary import summarize_shards
 
 
 def record(video_id: str, ok: bool = True, frames: int = 3, version: str = "v") -> dict[str, object]:
@@ -26,7 +28,7 @@ def record(video_id: str, ok: bool = True, frames: int = 3, version: str = "v") 
         "decode_mode": "ffmpeg_cpu" if ok else None,
         "error_reason": None if ok else "corrupt",
         "error": None if ok else "bad bitstream",
-        "decode_seconds": 0.1,
+        "decode_s": 0.1,
         "frames_file": f"{version}/{video_id}.npy" if ok else None,
     }
 
@@ -45,7 +47,7 @@ def shard_files(store: FramesStore, key: str) -> list[str]:
 
 def write_version(store: FramesStore, key: str, *video_ids: str, failed: Sequence[str] = ()) -> str:
     """Publish a version with ``video_ids`` decoded and ``failed`` failed; returns its version name."""
-    with store.open_shard(key) as shard:
+    with ShardWriter(store, key) as shard:
         for video_id in video_ids:
             np.save(shard.frames_path(video_id), np.full((3, 27, 48, 3), len(video_id), np.uint8))
             np.save(pts_path(shard.frames_path(video_id)), np.arange(3, dtype=np.float64))
@@ -96,7 +98,7 @@ def test_a_version_with_only_failed_videos_is_replaced_too(store: FramesStore) -
 
 def test_unpublished_version_leaves_nothing(store: FramesStore) -> None:
     kept = write_version(store, "s-00000", "kept")
-    with pytest.raises(RuntimeError), store.open_shard("s-00000") as shard:
+    with pytest.raises(RuntimeError), ShardWriter(store, "s-00000") as shard:
         np.save(shard.frames_path("half"), np.zeros((1, 27, 48, 3), np.uint8))
         raise RuntimeError("decoder blew up")
     assert shard_files(store, "s-00000") == ["index.parquet", *version_files(kept, "kept")]
@@ -104,11 +106,11 @@ def test_unpublished_version_leaves_nothing(store: FramesStore) -> None:
 
 
 def test_one_writer_per_shard(store: FramesStore) -> None:
-    with store.open_shard("s-00000"):
+    with ShardWriter(store, "s-00000"):
         with pytest.raises(ShardBusyError):
-            store.open_shard("s-00000")
-        store.open_shard("s-00001").close()  # other shards are independent
-    store.open_shard("s-00000").close()  # released on close
+            ShardWriter(store, "s-00000")
+        ShardWriter(store, "s-00001").close()  # other shards are independent
+    ShardWriter(store, "s-00000").close()  # released on close
 
 
 def test_a_writer_killed_before_its_index_changes_nothing_readers_see(store: FramesStore) -> None:
@@ -153,11 +155,11 @@ def test_write_file_replaces_whole_files(store: FramesStore) -> None:
 def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
     for key in ("", "../x", ".hidden", "a/b"):
         with pytest.raises(ValueError):
-            FramesStore(tmp_path).open_shard(key)
+            ShardWriter(FramesStore(tmp_path), key)
 
 
 def test_summarize_shards(store: FramesStore) -> None:
-    with store.open_shard("s-00000") as shard:
+    with ShardWriter(store, "s-00000") as shard:
         shard.write_index([record("a"), record("b", frames=5), record("c", ok=False)])
         shard.publish()
     table = summarize_shards(store, ["s-00000", "s-00001"])
@@ -196,7 +198,7 @@ def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(store: 
     sources = {name: tmp_path / f"{name}.mp4" for name in ("a", "b", "c", "gone")}
     for path in sources.values():
         path.write_bytes(b"video")
-    with store.open_shard("s-00000", resume=True) as shard:  # a run that never publishes
+    with ShardWriter(store, "s-00000", resume=True) as shard:  # a run that never publishes
         for name in ("a", "b", "gone"):
             finish(shard, name, sources[name])
         np.save(shard.frames_path("c"), np.zeros((1, 27, 48, 3), np.uint8))  # killed before its marker
@@ -206,7 +208,7 @@ def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(store: 
     sources["b"].write_bytes(b"video, edited")
 
     wanted = {name: str(sources[name]) for name in ("a", "b", "c")}  # "gone" left the manifest
-    with store.open_shard("s-00000", resume=True) as shard:
+    with ShardWriter(store, "s-00000", resume=True) as shard:
         assert shard.resume_finished(wanted, (27, 48)) == {"a": {"num_frames": 3, "video_id": "a"}}
         assert sorted(p.name for p in shard.dir.iterdir()) == [".done", shard.version]
         assert sorted(p.name for p in shard.version_dir.iterdir()) == ["a.npy", "a.pts.npy"]
@@ -225,14 +227,14 @@ def test_resume_checks_the_arrays_behind_each_marker(tmp_path: Path) -> None:
     sources = {name: tmp_path / f"{name}.mp4" for name in ("a", "b")}
     for path in sources.values():
         path.write_bytes(b"video")
-    with store.open_shard("s-00000", resume=True) as shard:
+    with ShardWriter(store, "s-00000", resume=True) as shard:
         finish(shard, "a", sources["a"])
         finish(shard, "b", sources["b"])
         pts_path(shard.frames_path("b")).unlink()
     wanted = {name: str(path) for name, path in sources.items()}
-    with store.open_shard("s-00000", resume=True) as shard:
+    with ShardWriter(store, "s-00000", resume=True) as shard:
         assert list(shard.resume_finished(wanted, (27, 48))) == ["a"]
-    with store.open_shard("s-00000", resume=True) as shard:
+    with ShardWriter(store, "s-00000", resume=True) as shard:
         assert shard.resume_finished(wanted, (18, 32)) == {}  # another output size
         assert sorted(p.name for p in shard.dir.iterdir()) == [".done", shard.version]
         assert list(shard.version_dir.iterdir()) == []
@@ -242,9 +244,9 @@ def test_without_resume_earlier_work_is_dropped(tmp_path: Path) -> None:
     store = FramesStore(tmp_path)
     source = tmp_path / "a.mp4"
     source.write_bytes(b"video")
-    with store.open_shard("s-00000", resume=True) as shard:
+    with ShardWriter(store, "s-00000", resume=True) as shard:
         finish(shard, "a", source)
-    with store.open_shard("s-00000") as shard:
+    with ShardWriter(store, "s-00000") as shard:
         assert shard.resume_finished({"a": str(source)}, (27, 48)) == {}
         assert list(shard.version_dir.iterdir()) == []
     assert hidden_entries(store) == []

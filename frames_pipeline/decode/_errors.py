@@ -27,6 +27,11 @@ class Reason(StrEnum):
     WRITE_FAILED = "write_failed"
     INTERNAL_ERROR = "internal_error"
 
+    @property
+    def hint(self) -> str:
+        """What a user can do about a video that failed for this reason."""
+        return _HINTS[self]
+
 
 _HINTS: dict[Reason, str] = {
     Reason.NOT_FOUND: "check the path (relative manifest paths resolve against the manifest's folder)",
@@ -64,11 +69,12 @@ class DecodeError(Exception):
 
     @property
     def hint(self) -> str:
-        return _HINTS[self.reason]
+        """What the user can do about it."""
+        return self.reason.hint
 
     def __str__(self) -> str:
         where = f" [{self.path}]" if self.path else ""
-        return f"{self.reason.value}: {self.message}{where}"
+        return f"{self.reason.value}: {self.message}{where} ({self.hint})"
 
     def __reduce__(self) -> tuple[object, ...]:
         # Worker processes send errors back through pickle; keep the keyword argument.

@@ -13,9 +13,9 @@ from numpy.typing import NDArray
 
 from frames_pipeline.decode._backends import Backend, DamagedStream, FrameBatch, create_backend
 from frames_pipeline.decode._cuda import cuda_unavailable_reason
-from frames_pipeline.decode._errors import DecodeError, Reason
-from frames_pipeline.decode._npy import NpyStreamWriter, save_npy_atomic
-from frames_pipeline.decode._options import GPU_MODES, DecodeOptions
+from frames_pipeline.decode._errors import DecodeError, Reason, printable
+from frames_pipeline.decode._npy import NpyStreamWriter, pts_path, save_npy_atomic
+from frames_pipeline.decode._options import GPU_MODES, DecodeOptions, with_overrides
 from frames_pipeline.decode._probe import VideoInfo, probe
 
 
@@ -33,7 +33,7 @@ class FrameResult:
     fallback_reason: str | None
     warnings: tuple[str, ...]
     info: VideoInfo
-    decode_seconds: float
+    decode_s: float
     output_path: str | None = None
 
     @property
@@ -97,29 +97,44 @@ def choose_mode(options: DecodeOptions, info: VideoInfo) -> tuple[str, str | Non
     return mode, reason
 
 
-def probe_with_options(source: str | os.PathLike[str], options: DecodeOptions) -> VideoInfo:
-    """``probe`` under the input rules and limits of ``options``: what a decode with them accepts."""
-    return probe(
-        source,
-        allow_remote=options.allow_remote,
-        allowed_roots=options.allowed_roots,
-        max_pixels=options.max_pixels,
-        timeout_s=options.timeout_s,
-    )
+@dataclass
+class _Decoded:
+    """One finished decode, before its sink is committed (a file) or gathered (memory)."""
+
+    info: VideoInfo
+    mode: str
+    fallback_reason: str | None
+    warnings: list[str]
+    pts: NDArray[np.float64]
+    sink: Any
+
+    def result(
+        self, options: DecodeOptions, started: float, frames: NDArray[np.uint8] | None, output: str | None
+    ) -> FrameResult:
+        return FrameResult(
+            frames=frames,
+            pts_s=self.pts,
+            requested_mode=options.mode,
+            decode_mode=self.mode,
+            fallback_reason=self.fallback_reason,
+            # FFmpeg's messages quote file names: keep them storable whatever bytes a name has.
+            warnings=tuple(printable(w) for w in self.warnings),
+            info=self.info,
+            decode_s=time.perf_counter() - started,
+            output_path=output,
+        )
 
 
-def _decode(
-    source: str | os.PathLike[str], options: DecodeOptions, open_sink: Any
-) -> tuple[VideoInfo, str, str | None, list[str], NDArray[np.float64], Any]:
+def _decode(source: str | os.PathLike[str], options: DecodeOptions, open_sink: Any) -> _Decoded:
     deadline = time.monotonic() + options.timeout_s
-    info = probe_with_options(source, options)
+    info = probe(source, options=options)
     mode, fallback_reason = choose_mode(options, info)
     while True:
         warnings: list[str] = []
         sink = open_sink(info)
         try:
             pts = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
-            return info, mode, fallback_reason, warnings, pts, sink
+            return _Decoded(info, mode, fallback_reason, warnings, pts, sink)
         except DamagedStream:
             _discard(sink)
             options = replace(options, threads=1)
@@ -161,26 +176,15 @@ def _discard(sink: Any) -> None:
         sink.abort()
 
 
-def _options(options: DecodeOptions | None, overrides: dict[str, Any]) -> DecodeOptions:
-    return replace(options or DecodeOptions(), **overrides) if overrides else (options or DecodeOptions())
-
-
 def extract_frames(
     source: str | os.PathLike[str], *, options: DecodeOptions | None = None, **overrides: Any
 ) -> FrameResult:
     """Decode ``source`` into memory. Keyword arguments override fields of ``options``
     (``output_hw``, ``mode``, ``gpu_id``, ``timeout_s``, ...). Raises DecodeError with a reason."""
-    opts = _options(options, overrides)
+    opts = with_overrides(options, overrides)
     started = time.perf_counter()
-    info, mode, fallback, warnings, pts, sink = _decode(source, opts, lambda _info: _MemorySink())
-    frames = np.concatenate(sink.batches)
-    return FrameResult(frames, pts, opts.mode, mode, fallback, tuple(warnings), info, time.perf_counter() - started)
-
-
-def pts_path(frames_path: str | os.PathLike[str]) -> Path:
-    """Where the timestamps of ``<stem>.npy`` live: ``<stem>.pts.npy``."""
-    path = Path(frames_path)
-    return path.with_name(path.name.removesuffix(".npy") + ".pts.npy")
+    decoded = _decode(source, opts, lambda _info: _MemorySink())
+    return decoded.result(opts, started, np.concatenate(decoded.sink.batches), None)
 
 
 def extract_to_file(
@@ -195,7 +199,7 @@ def extract_to_file(
     Memory stays bounded by one batch whatever the video's length. The timestamps are published
     first and the frames last, so an existing frames file always has its timestamps beside it.
     """
-    opts = _options(options, overrides)
+    opts = with_overrides(options, overrides)
     started = time.perf_counter()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,13 +207,11 @@ def extract_to_file(
     def open_writer(_info: VideoInfo) -> NpyStreamWriter:
         return NpyStreamWriter(out, (*opts.output_hw, 3))
 
-    info, mode, fallback, warnings, pts, writer = _decode(source, opts, open_writer)
+    decoded = _decode(source, opts, open_writer)
     try:
-        save_npy_atomic(pts_path(out), pts)
-        writer.commit()
+        save_npy_atomic(pts_path(out), decoded.pts)
+        decoded.sink.commit()
     except BaseException:
-        writer.abort()
+        decoded.sink.abort()
         raise
-    return FrameResult(
-        None, pts, opts.mode, mode, fallback, tuple(warnings), info, time.perf_counter() - started, str(out)
-    )
+    return decoded.result(opts, started, None, str(out))

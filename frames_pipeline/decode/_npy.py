@@ -30,6 +30,12 @@ def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return _MAGIC + (_HEADER_BYTES - len(_MAGIC) - 2).to_bytes(2, "little") + body + b" " * pad + b"\n"
 
 
+def pts_path(frames_path: str | os.PathLike[str]) -> Path:
+    """Where the timestamps of ``<stem>.npy`` live: ``<stem>.pts.npy``."""
+    path = Path(frames_path)
+    return path.with_name(path.name.removesuffix(".npy") + ".pts.npy")
+
+
 def partial_name(path: Path) -> Path:
     """The hidden temporary name a file is written under before it is published."""
     return path.with_name(f".{path.name}.{os.getpid()}.partial")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, get_args
-
-from frames_pipeline.decode._probe import DEFAULT_MAX_PIXELS
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, get_args
 
 DecodeMode = Literal["auto", "pynvc", "ffmpeg_gpu", "ffmpeg_cpu"]
 DECODE_MODES: tuple[str, ...] = get_args(DecodeMode)
 GPU_MODES = ("pynvc", "ffmpeg_gpu")
+# Larger than any codec's level limit (8192x8192 HEVC/AV1); a header above this is a decompression bomb.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,9 @@ class DecodeOptions:
             raise ValueError("timeout_s must be positive")
         object.__setattr__(self, "output_hw", (int(h), int(w)))
         object.__setattr__(self, "allowed_roots", tuple(str(r) for r in self.allowed_roots))
+
+
+def with_overrides(options: DecodeOptions | None, overrides: Mapping[str, Any]) -> DecodeOptions:
+    """``options`` (default: ``DecodeOptions()``) with the fields named in ``overrides`` replaced."""
+    base = options or DecodeOptions()
+    return replace(base, **overrides) if overrides else base

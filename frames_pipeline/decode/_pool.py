@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from frames_pipeline.decode._errors import DecodeError, Reason
-from frames_pipeline.decode._extract import close_backends, extract_to_file, preferred_mode, pts_path
-from frames_pipeline.decode._npy import remove_partials
+from frames_pipeline.decode._errors import DecodeError, Reason, printable
+from frames_pipeline.decode._extract import FrameResult, close_backends, extract_to_file, preferred_mode
+from frames_pipeline.decode._npy import pts_path, remove_partials
 from frames_pipeline.decode._options import GPU_MODES, DecodeOptions
+from frames_pipeline.decode._probe import VideoInfo
 
 # Math libraries spin threads of their own; in workers they would only compete with the decoder's.
 _WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -42,7 +43,12 @@ class VideoJob:
 
 @dataclass(frozen=True)
 class VideoOutcome:
-    """What happened to one job; failures carry a reason code and message, never an exception."""
+    """What happened to one job, built once where it happened: by the worker that decoded it, or by
+    the pool when the worker hung or died. Failures carry a reason code, never an exception.
+
+    ``info`` is the probe of the video (None when the probe itself failed); ``output`` is the
+    frames file written, None when the video failed.
+    """
 
     key: str
     source: str
@@ -56,8 +62,8 @@ class VideoOutcome:
     error_reason: str | None
     error: str | None
     warnings: tuple[str, ...]
-    decode_seconds: float
-    expected_frames: int | None
+    decode_s: float
+    info: VideoInfo | None
 
     @property
     def ok(self) -> bool:
@@ -67,13 +73,83 @@ class VideoOutcome:
     def status(self) -> str:
         return "ok" if self.ok else "failed"
 
+    @property
+    def expected_frames(self) -> int | None:
+        """The probe's frame count, which a whole decode matches."""
+        return self.info.num_frames_from_content if self.info else None
+
+    @property
+    def hint(self) -> str | None:
+        """What the user can do about a failure."""
+        return Reason(self.error_reason).hint if self.error_reason else None
+
+    def to_record(self) -> dict[str, Any]:
+        """The flat view people and tables read (the shard index, the CLI's JSON lines): texts made
+        printable whatever bytes a file name holds, the probe's main facts as columns."""
+        info = self.info
+        return {
+            "video_id": self.key,
+            "source": printable(self.source),
+            "status": self.status,
+            "num_frames": self.num_frames,
+            "expected_frames": self.expected_frames,
+            "height": self.height,
+            "width": self.width,
+            "requested_mode": self.requested_mode,
+            "decode_mode": self.decode_mode,
+            "fallback_reason": self.fallback_reason,
+            "error_reason": self.error_reason,
+            "error": self.error,
+            "hint": self.hint,
+            "warnings": list(self.warnings),
+            "decode_s": self.decode_s,
+            "codec": info.codec if info else None,
+            "source_height": info.display_hw[0] if info else None,
+            "source_width": info.display_hw[1] if info else None,
+            "source_fps": info.fps_from_content if info else None,
+            "source_duration_s": info.duration_s_from_content if info else None,
+            "vfr": info.vfr if info else None,
+            "rotation": info.rotation if info else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields, for ``from_dict`` in a later run."""
-        return asdict(self)
+        return {**asdict(self), "info": self.info.to_dict() if self.info else None}
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> VideoOutcome:
-        return cls(**{**fields, "warnings": tuple(fields["warnings"])})
+        info = fields.get("info")
+        return cls(
+            **{
+                **fields,
+                "warnings": tuple(fields["warnings"]),
+                "info": VideoInfo.from_dict(info) if info else None,
+            }
+        )
+
+    @classmethod
+    def decoded(
+        cls, job: VideoJob, result: FrameResult, options: DecodeOptions, retry_reason: str | None
+    ) -> VideoOutcome:
+        """A finished decode under the pool's ``options``; ``retry_reason`` says why the pool retried
+        it in another mode, if it did."""
+        height, width = options.output_hw
+        return cls(
+            key=job.key,
+            source=job.source,
+            output=result.output_path,
+            num_frames=result.num_frames,
+            height=height,
+            width=width,
+            requested_mode=options.mode,
+            decode_mode=result.decode_mode,
+            fallback_reason=retry_reason or result.fallback_reason,
+            error_reason=None,
+            error=None,
+            warnings=result.warnings,
+            decode_s=result.decode_s,
+            info=result.info,
+        )
 
     @classmethod
     def failure(cls, job: VideoJob, requested_mode: str, error: DecodeError, seconds: float) -> VideoOutcome:
@@ -90,9 +166,20 @@ class VideoOutcome:
             error_reason=error.reason.value,
             error=error.message,
             warnings=(),
-            decode_seconds=seconds,
-            expected_frames=None,
+            decode_s=seconds,
+            info=None,
         )
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    """The pool's message to a worker: decode ``job`` in ``mode``; ``retry_reason`` says why this is
+    a retry in another mode (the outcome reports it as its fallback reason)."""
+
+    job: VideoJob
+    mode: str
+    attempt: int = 0
+    retry_reason: str | None = None
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -104,38 +191,28 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_main(conn: Connection, options: DecodeOptions, parent: int) -> None:
-    """Decode jobs until told to stop; every job gets exactly one reply."""
+    """Decode assignments until told to stop; every assignment gets exactly one VideoOutcome back."""
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
-        while True:
-            message = conn.recv()
-            if message is None:
-                break
-            job, mode = message
-            started = time.perf_counter()
-            job_options = replace(options, mode=mode)
-            try:
-                result = extract_to_file(job.source, job.output, options=job_options)
-                conn.send(
-                    (
-                        "ok",
-                        result.info,
-                        result.pts_s.shape[0],
-                        result.decode_mode,
-                        result.fallback_reason,
-                        result.warnings,
-                        result.decode_seconds,
-                    )
-                )
-            except DecodeError as exc:
-                conn.send(("error", exc, time.perf_counter() - started))
-            except Exception as exc:  # a bug must cost one video, not the worker
-                error = DecodeError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", path=job.source)
-                conn.send(("error", error, time.perf_counter() - started))
+        while (assignment := conn.recv()) is not None:
+            conn.send(_decode_assignment(assignment, options))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent stopped us, or is gone
         pass
     finally:
         close_backends()
+
+
+def _decode_assignment(assignment: _Assignment, options: DecodeOptions) -> VideoOutcome:
+    job = assignment.job
+    started = time.perf_counter()
+    try:
+        result = extract_to_file(job.source, job.output, options=replace(options, mode=assignment.mode))
+    except DecodeError as exc:
+        return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started)
+    except Exception as exc:  # a bug must cost one video, not the worker
+        error = DecodeError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", path=job.source)
+        return VideoOutcome.failure(job, options.mode, error, time.perf_counter() - started)
+    return VideoOutcome.decoded(job, result, options, assignment.retry_reason)
 
 
 class _Worker:
@@ -145,16 +222,17 @@ class _Worker:
         with _environment(_WORKER_ENV):
             self.process.start()
         child.close()
-        self.job: VideoJob | None = None
-        self.mode = ""
+        self.assignment: _Assignment | None = None
         self.deadline = 0.0
-        self.attempt = 0
-        self.fallback_reason: str | None = None
 
-    def assign(self, job: VideoJob, mode: str, attempt: int, fallback: str | None, hard_s: float) -> None:
-        self.job, self.mode, self.attempt, self.fallback_reason = job, mode, attempt, fallback
+    @property
+    def job(self) -> VideoJob | None:
+        return self.assignment.job if self.assignment else None
+
+    def assign(self, assignment: _Assignment, hard_s: float) -> None:
+        self.assignment = assignment
         self.deadline = time.monotonic() + hard_s
-        self.conn.send((job, mode))
+        self.conn.send(assignment)
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -235,7 +313,7 @@ class DecoderPool:
     def run(self, jobs: Iterable[VideoJob]) -> Iterator[VideoOutcome]:
         """Decode ``jobs``; yields outcomes as videos finish."""
         self.start()
-        queue: deque[tuple[VideoJob, str, int, str | None]] = deque((job, self.options.mode, 0, None) for job in jobs)
+        queue = deque(_Assignment(job, self.options.mode) for job in jobs)
         idle = list(self._pool)
         busy: list[_Worker] = []
         try:
@@ -245,15 +323,15 @@ class DecoderPool:
                 timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
                 ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout))
                 for worker in list(busy):
-                    outcome, retry = self._settle(worker, ready)
-                    if outcome is None and retry is None:
+                    settled = self._settle(worker, ready)
+                    if settled is None:
                         continue
                     busy.remove(worker)
                     idle.append(worker if worker.process.is_alive() else self._replace(worker))
-                    if retry is not None:
-                        queue.appendleft(retry)
-                    if outcome is not None:
-                        yield outcome
+                    if isinstance(settled, _Assignment):
+                        queue.appendleft(settled)
+                    else:
+                        yield settled
         finally:
             # Left early (an exception, or the caller stopped reading): a busy worker's late reply
             # would be taken for the next job's, so those workers are replaced now.
@@ -262,72 +340,48 @@ class DecoderPool:
                 _remove_partials(worker.job)
                 self._replace(worker)
 
-    def _hand_out(self, worker: _Worker, item: tuple[VideoJob, str, int, str | None]) -> _Worker:
-        """Give ``item`` to ``worker``, or to a fresh worker if that one died while idle (killed, or
-        out of memory): it held no job, so nothing is lost or retried."""
+    def _hand_out(self, worker: _Worker, assignment: _Assignment) -> _Worker:
+        """Give ``assignment`` to ``worker``, or to a fresh worker if that one died while idle (killed,
+        or out of memory): it held no job, so nothing is lost or retried."""
         try:
-            worker.assign(*item, hard_s=self._hard_limit_s)
+            worker.assign(assignment, hard_s=self._hard_limit_s)
             return worker
         except OSError:  # BrokenPipeError: the process is gone
             fresh = self._replace(worker)
-            fresh.assign(*item, hard_s=self._hard_limit_s)
+            fresh.assign(assignment, hard_s=self._hard_limit_s)
             return fresh
 
-    def _settle(
-        self, worker: _Worker, ready: set[Any]
-    ) -> tuple[VideoOutcome | None, tuple[VideoJob, str, int, str | None] | None]:
-        """The outcome (or retry) of ``worker``'s job if it has one now; (None, None) while it runs."""
-        job = worker.job
-        assert job is not None
+    def _settle(self, worker: _Worker, ready: set[Any]) -> VideoOutcome | _Assignment | None:
+        """The outcome of ``worker``'s job, or its retry, if it has one now; None while it runs."""
+        assignment = worker.assignment
+        assert assignment is not None
+        job = assignment.job
         elapsed = self._hard_limit_s - (worker.deadline - time.monotonic())
         if worker.conn in ready:
             try:
-                return self._reply(worker, worker.conn.recv()), None
+                outcome: VideoOutcome = worker.conn.recv()
+                return outcome
             except (EOFError, OSError):
                 pass  # died while answering: treated as a crash below
         elif worker.process.sentinel not in ready:
             if time.monotonic() < worker.deadline:
-                return None, None
+                return None
             worker.stop(kill=True)
             _remove_partials(job)
             error = DecodeError(Reason.TIMEOUT, f"no answer after {elapsed:.0f} s; worker killed", path=job.source)
-            return VideoOutcome.failure(job, self.options.mode, error, elapsed), None
+            return VideoOutcome.failure(job, self.options.mode, error, elapsed)
         worker.stop(kill=True)
         _remove_partials(job)
         code = worker.process.exitcode
-        if worker.attempt < self.retries:
-            mode = "ffmpeg_cpu" if worker.mode in GPU_MODES or self.effective_mode in GPU_MODES else worker.mode
-            why = f"worker died (exit code {code}) decoding in {worker.mode}; retried in {mode}"
-            return None, (job, mode, worker.attempt + 1, why)
+        if assignment.attempt < self.retries:
+            gpu = assignment.mode in GPU_MODES or self.effective_mode in GPU_MODES
+            mode = "ffmpeg_cpu" if gpu else assignment.mode
+            why = f"worker died (exit code {code}) decoding in {assignment.mode}; retried in {mode}"
+            return _Assignment(job, mode, assignment.attempt + 1, why)
         error = DecodeError(
-            Reason.WORKER_CRASHED, f"worker died (exit code {code}), {worker.attempt + 1} tries", path=job.source
+            Reason.WORKER_CRASHED, f"worker died (exit code {code}), {assignment.attempt + 1} tries", path=job.source
         )
-        return VideoOutcome.failure(job, self.options.mode, error, elapsed), None
-
-    def _reply(self, worker: _Worker, message: tuple[Any, ...]) -> VideoOutcome:
-        job = worker.job
-        assert job is not None
-        if message[0] == "error":
-            _, error, seconds = message
-            return VideoOutcome.failure(job, self.options.mode, error, seconds)
-        _, info, num_frames, decode_mode, fallback, warnings, seconds = message
-        height, width = self.options.output_hw
-        return VideoOutcome(
-            key=job.key,
-            source=job.source,
-            output=job.output,
-            num_frames=num_frames,
-            height=height,
-            width=width,
-            requested_mode=self.options.mode,
-            decode_mode=decode_mode,
-            fallback_reason=worker.fallback_reason or fallback,
-            error_reason=None,
-            error=None,
-            warnings=tuple(warnings),
-            decode_seconds=seconds,
-            expected_frames=info.num_frames,
-        )
+        return VideoOutcome.failure(job, self.options.mode, error, elapsed)
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.stop(kill=True)
@@ -336,7 +390,9 @@ class DecoderPool:
         return fresh
 
 
-def _remove_partials(job: VideoJob) -> None:
+def _remove_partials(job: VideoJob | None) -> None:
     """Delete what a killed worker was writing for ``job``."""
+    if job is None:
+        return
     remove_partials(job.output)
     remove_partials(pts_path(job.output))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -15,9 +16,9 @@ import numpy as np
 
 from frames_pipeline.decode._errors import DecodeError, Reason
 from frames_pipeline.decode._input_policy import INDIRECT_FORMATS, resolve_source
+from frames_pipeline.decode._options import DecodeOptions, with_overrides
+from frames_pipeline.decode._resize import ColourSpec
 
-# Larger than any codec's level limit (8192x8192 HEVC/AV1); a header above this is a decompression bomb.
-DEFAULT_MAX_PIXELS = 8192 * 8192
 # Only local files; nested opens (playlists, concat) fail even if a demuxer tries.
 LOCAL_ONLY = {"protocol_whitelist": "file"}
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe")
@@ -25,7 +26,12 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a decoder needs to know about a video before it starts."""
+    """What a decoder needs to know about a video before it starts.
+
+    ``*_from_content`` values are counted from the stream's packets, which is what a decoder will
+    see; ``*_from_header`` values are what the container declares (None when it declares nothing),
+    kept because they are what other tools report and where the two disagree the file is suspect.
+    """
 
     path: str
     container: str
@@ -33,16 +39,18 @@ class VideoInfo:
     codec: str
     width: int
     height: int
-    rotation: int
+    rotation: int  # display rotation, degrees counter-clockwise (FFmpeg's sign)
     pix_fmt: str
     bit_depth: int
     chroma_hw: tuple[int, int]
-    colorspace: int
-    color_range: int
-    avg_fps: float
-    nominal_fps: float
-    duration_s: float
-    num_frames: int
+    matrix: str  # Y'CbCr matrix: bt601 (also when unspecified, as swscale assumes), bt709, bt2020, ...
+    full_range: bool
+    fps_from_header: float
+    fps_from_content: float
+    duration_s_from_header: float | None
+    duration_s_from_content: float
+    num_frames_from_header: int | None
+    num_frames_from_content: int
     vfr: bool
     has_audio: bool
 
@@ -58,8 +66,20 @@ class VideoInfo:
             return "444"
         return "422" if self.chroma_hw[0] == self.height else "420"
 
+    @property
+    def colour(self) -> ColourSpec:
+        """How to read this stream's Y'CbCr samples."""
+        return ColourSpec(self.matrix, self.full_range, self.bit_depth)
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (``from_dict`` takes them back), plus the derived ``display_hw`` and ``chroma``."""
         return {**asdict(self), "display_hw": self.display_hw, "chroma": self.chroma}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> VideoInfo:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in fields.items() if k in names}
+        return cls(**{**values, "chroma_hw": tuple(values["chroma_hw"])})
 
 
 @lru_cache(maxsize=1)
@@ -122,41 +142,41 @@ def main_video_stream(container: av.container.InputContainer, path: str) -> av.V
     )
 
 
-def probe(
-    source: str | os.PathLike[str],
-    *,
-    allow_remote: bool = False,
-    allowed_roots: tuple[str, ...] = (),
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    timeout_s: float = 120.0,
-) -> VideoInfo:
+def probe(source: str | os.PathLike[str], *, options: DecodeOptions | None = None, **overrides: Any) -> VideoInfo:
     """Describe the main video stream of ``source``; raises DecodeError with a reason if it is unusable.
 
-    The frame count is counted from the stream's packets (not estimated from duration x fps), and
-    the rotation is read from the first decoded frame's display matrix, so both are what a decoder
-    will actually see.
+    The input rules and limits are those of ``options`` (keyword arguments override its fields:
+    ``allowed_roots``, ``allow_remote``, ``max_pixels``, ``timeout_s``), so a video this accepts is
+    one a decode with the same options accepts. The frame count is counted from the stream's
+    packets and the rotation read from the first decoded frame's display matrix: both are what a
+    decoder will actually see.
     """
-    path = resolve_source(source, allow_remote=allow_remote, allowed_roots=allowed_roots)
-    deadline = time.monotonic() + timeout_s
-    with open_container(path, allow_remote=allow_remote) as container:
+    opts = with_overrides(options, overrides)
+    path = resolve_source(source, allow_remote=opts.allow_remote, allowed_roots=opts.allowed_roots)
+    deadline = time.monotonic() + opts.timeout_s
+    with open_container(path, allow_remote=opts.allow_remote) as container:
         stream = main_video_stream(container, path)
         ctx = stream.codec_context
         width, height = ctx.width or 0, ctx.height or 0
-        if width * height > max_pixels:
-            raise DecodeError(Reason.TOO_LARGE, f"declares {width}x{height}, over max_pixels={max_pixels}", path=path)
+        if width * height > opts.max_pixels:
+            raise DecodeError(
+                Reason.TOO_LARGE, f"declares {width}x{height}, over max_pixels={opts.max_pixels}", path=path
+            )
         if not ctx.codec or not ctx.is_decoder:
             raise DecodeError(Reason.UNSUPPORTED_CODEC, f"no decoder for codec {ctx.name!r}", path=path)
         codec = ctx.codec.canonical_name  # "av1", not the decoder's name ("libdav1d")
-        ctx.options = {"max_pixels": str(max_pixels)}
+        ctx.options = {"max_pixels": str(opts.max_pixels)}
         pts, first = _scan(container, stream, deadline, path)
         if not pts.size:
             raise DecodeError(Reason.ZERO_FRAMES, "the video stream has no frames", path=path)
         if first is None:
             raise DecodeError(Reason.CORRUPT, f"none of {pts.size} packets decodes to a frame", path=path)
         width, height = first.width, first.height
-        if width * height > max_pixels:
+        if width * height > opts.max_pixels:
             raise DecodeError(Reason.TOO_LARGE, f"decodes to {width}x{height}, over max_pixels", path=path)
         fmt = first.format
+        bit_depth = fmt.components[0].bits
+        colour = ColourSpec.from_ffmpeg(first.colorspace, first.color_range, bit_depth)
         time_base = stream.time_base or Fraction(1, 90000)
         seconds = (pts - pts[0]) * float(time_base)
         deltas = np.diff(seconds)
@@ -172,17 +192,26 @@ def probe(
             height=height,
             rotation=int(first.rotation or 0),
             pix_fmt=fmt.name,
-            bit_depth=fmt.components[0].bits,
+            bit_depth=bit_depth,
             chroma_hw=(fmt.chroma_height(height), fmt.chroma_width(width)),
-            colorspace=int(first.colorspace or 0),
-            color_range=int(first.color_range or 0),
-            avg_fps=pts.size / duration if duration > 0 else nominal,
-            nominal_fps=nominal,
-            duration_s=duration,
-            num_frames=int(pts.size),
+            matrix=colour.matrix,
+            full_range=colour.full_range,
+            fps_from_header=nominal,
+            fps_from_content=pts.size / duration if duration > 0 else nominal,
+            duration_s_from_header=_header_duration_s(container, stream),
+            duration_s_from_content=duration,
+            num_frames_from_header=int(stream.frames) or None,
+            num_frames_from_content=int(pts.size),
             vfr=bool(deltas.size > 1 and np.ptp(deltas) > max(0.02 * frame_step, 2.5 * float(time_base))),
             has_audio=bool(container.streams.audio),
         )
+
+
+def _header_duration_s(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """The stream's declared duration, else the container's; None when neither says."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else None
 
 
 def _scan(

@@ -5,9 +5,8 @@ from collections.abc import Iterable, Iterator
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from frames_pipeline.decode import DecodeOptions
-from frames_pipeline.decode._pool import DecoderPool, VideoJob, VideoOutcome
-from frames_pipeline.deployment import decoder_mode as configured_decoder_mode
+from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, VideoOutcome
+from frames_pipeline.deployment import configured_mode
 from frames_pipeline.storage.manifest import DEFAULT_SHARD_SIZE
 from frames_pipeline.storage.store import FramesStore, default_data_root
 
@@ -16,13 +15,13 @@ class FrameDecoderResource(dg.ConfigurableResource):
     """Decoder worker processes, started at a step's first decode and reused for every video of the
     shard; also the input rules (allowed roots, remote input) that the probe applies too."""
 
-    decoder_mode: str = Field(
-        default_factory=configured_decoder_mode,
-        description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu (default: $FRAMES_PIPELINE_DECODER_MODE or auto)",
+    mode: str = Field(
+        default_factory=configured_mode,
+        description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu (default: $FRAMES_PIPELINE_MODE or auto)",
     )
     gpu_id: int = Field(default=0, description="CUDA device for the GPU modes")
     output_hw: list[int] = Field(default=[27, 48], description="output (height, width)")
-    pyncv_batch_size: int = Field(default=64, description="frames per PyNvVideoCodec batch")
+    batch_size: int = Field(default=64, description="frames per batch (GPU-to-host copies, resize)")
     workers: int = Field(default=2, description="videos decoded in parallel (one process each)")
     timeout_s: float = Field(default=600.0, description="per-video time limit in seconds")
     ffmpeg_binary: str | None = Field(default=None, description="ffmpeg for ffmpeg_gpu (default: bundled)")
@@ -42,9 +41,9 @@ class FrameDecoderResource(dg.ConfigurableResource):
             raise ValueError(f"output_hw must be [height, width], got {self.output_hw!r}")
         return DecodeOptions(
             output_hw=(self.output_hw[0], self.output_hw[1]),
-            mode=self.decoder_mode,
+            mode=self.mode,
             gpu_id=self.gpu_id,
-            batch_size=self.pyncv_batch_size,
+            batch_size=self.batch_size,
             timeout_s=self.timeout_s,
             ffmpeg_binary=self.ffmpeg_binary,
             allow_remote=self.allow_remote,
@@ -63,7 +62,7 @@ class FrameDecoderResource(dg.ConfigurableResource):
 
     @property
     def effective_mode(self) -> str:
-        """What ``decoder_mode`` resolves to on this host ("auto" becomes a concrete mode)."""
+        """What ``mode`` resolves to on this host ("auto" becomes a concrete mode)."""
         return self._started_pool().effective_mode
 
     def decode(self, jobs: Iterable[VideoJob]) -> Iterator[VideoOutcome]:
@@ -93,3 +92,12 @@ class FramesDataResource(dg.ConfigurableResource):
     @property
     def store(self) -> FramesStore:
         return FramesStore(self.data_root)
+
+
+frames_data = FramesDataResource()
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """The code location's resources, bound by the names the assets, sensor and schedule ask for."""
+    return dg.Definitions(resources={"frame_decoder": FrameDecoderResource(), "frames_data": frames_data})

@@ -20,7 +20,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
-from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
+from frames_pipeline.decode import find_ffmpeg
 
 # Saturated enough to tell apart after chroma subsampling, inside limited range so they survive Y'CbCr.
 QUADRANT_COLOURS: dict[str, tuple[int, int, int]] = {

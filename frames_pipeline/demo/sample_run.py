@@ -13,11 +13,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from frames_pipeline.definitions import defs, frames_data
+from frames_pipeline.definitions import defs
 from frames_pipeline.defs.partitions import video_shards
+from frames_pipeline.defs.resources import frames_data
 from frames_pipeline.demo.clips import make_sample_videos, write_sample_manifest
 from frames_pipeline.storage.manifest import find_manifests, shard_keys
-from frames_pipeline.storage.store import merge_counts, summarize_shards
+from frames_pipeline.storage.summary import merge_counts, summarize_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Per-video progress (INFO) on the console, without Dagster's step-by-step DEBUG events.

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from frames_pipeline.decode._input_policy import is_url
+from frames_pipeline.decode import is_url
 from frames_pipeline.storage.locations import Location
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
@@ -186,6 +186,33 @@ def shard_keys(manifest: str | os.PathLike[str], shard_size: int = DEFAULT_SHARD
 def shard_rows(rows: Sequence[ManifestRow], index: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[ManifestRow]:
     """Rows of shard ``index``: consecutive slices of ``shard_size`` rows in manifest order."""
     return list(rows[index * shard_size : (index + 1) * shard_size])
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """The rows of one shard and the manifest version they were read from (its content hash, which
+    tells the sensor and the schedule whether a published shard is still up to date)."""
+
+    key: str
+    manifest: str
+    manifest_hash: str
+    rows: tuple[ManifestRow, ...]
+
+
+def read_shard(manifests_dir: str | os.PathLike[str], key: str, shard_size: int = DEFAULT_SHARD_SIZE) -> ShardManifest:
+    """The validated rows of shard ``key``; ManifestError if its manifest is gone, invalid or too short."""
+    stem, index = parse_shard_key(key)
+    path = manifest_for_stem(manifests_dir, stem)
+    # Hash first: if the file changes while we read it, the recorded hash is the older one and the
+    # schedule sees the shard as out of date, which errs on the safe side.
+    digest = file_hash(path)
+    rows = shard_rows(read_manifest(path), index, shard_size)
+    if not rows:
+        problem = ManifestProblem(
+            None, None, f"has no shard {index} (the manifest shrank; the sensor removes stale keys)"
+        )
+        raise ManifestError(path, [problem])
+    return ShardManifest(key, path, digest, tuple(rows))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:

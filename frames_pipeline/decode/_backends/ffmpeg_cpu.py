@@ -149,7 +149,7 @@ class _Batcher:
             frame = frame.reformat(format="yuv444p")
         shrink = self._shrink_for(frame)
         shrink.add(*_planes(frame))
-        pts = frame.time if frame.time is not None else self._arrivals / max(self.info.avg_fps, 1e-9)
+        pts = frame.time if frame.time is not None else self._arrivals / max(self.info.fps_from_content, 1e-9)
         self._shrinking.append((pts, self._arrivals))
         self._arrivals += 1
         if shrink.full:

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -27,7 +28,7 @@ from frames_pipeline.decode._errors import DecodeError, Reason
 from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
 from frames_pipeline.decode._options import DecodeOptions
 from frames_pipeline.decode._probe import VideoInfo
-from frames_pipeline.decode._resize import ColourSpec, FrameShrinker
+from frames_pipeline.decode._resize import FrameShrinker
 
 # FFmpeg codec name -> its NVDEC decoder in FFmpeg.
 _CUVID = {
@@ -114,7 +115,7 @@ class FFmpegGPUBackend:
             (h, w),
             chroma_hw,
             options.output_hw,
-            ColourSpec.from_ffmpeg(info.colorspace, info.color_range, 16 if wide else 8),
+            replace(info.colour, bit_depth=16 if wide else 8),
             info.rotation,
         )
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)

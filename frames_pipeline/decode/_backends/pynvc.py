@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +23,7 @@ from frames_pipeline.decode._cuda import cuda_unavailable_reason
 from frames_pipeline.decode._errors import DecodeError, Reason
 from frames_pipeline.decode._options import DecodeOptions
 from frames_pipeline.decode._probe import VideoInfo
-from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, coded_size
+from frames_pipeline.decode._resize import FrameShrinker, coded_size
 
 # FFmpeg codec name -> PyNvVideoCodec cudaVideoCodec member.
 _CODECS = {
@@ -176,7 +177,7 @@ class _NV12Batch:
         self.pts: list[float] = []
         self._shrinker: FrameShrinker | None = None
         self._geometry: tuple[str, int, int] | None = None
-        self._colour = (info.colorspace, info.color_range)
+        self._colour = info.colour
         self._rotation = info.rotation
 
     @property
@@ -208,7 +209,7 @@ class _NV12Batch:
         if self._shrinker is None or self._shrinker.luma_hw != (height, cols):
             # 16-bit formats hold the samples in their high bits: read them as 16-bit codes.
             bits = 8 * stack.dtype.itemsize
-            colour = ColourSpec.from_ffmpeg(*self._colour, bits)
+            colour = replace(self._colour, bit_depth=bits)
             self._shrinker = FrameShrinker((height, cols), chroma_hw, self.options.output_hw, colour, self._rotation)
         batch = FrameBatch(self._shrinker(y, u, v), np.asarray(self.pts, dtype=np.float64))
         self.frames, self.pts = [], []
