@@ -53,7 +53,9 @@ class ShardReport:
     records: list[dict[str, Any]]
     checks: list[ShardCheck]
     num_resumed: int
+    num_decoded_frames: int  # decoded by this run (resumed videos' frames excluded)
     decode_s: float
+    first_frame_s: float | None  # from the start of decoding to the first frames of any video
     contact_sheet: bytes
     published: str | None
 
@@ -89,14 +91,17 @@ def decode_shard(
         }
         num_resumed = len(outcomes)
         jobs = [VideoJob(vid, src, str(shard.frames_path(vid))) for vid, src in sources.items() if vid not in outcomes]
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
+        decoded: list[VideoOutcome] = []
         for outcome in decode(jobs):
             outcomes[outcome.key] = outcome
+            decoded.append(outcome)
             if outcome.ok:
                 shard.mark_finished(outcome.key, outcome.source, outcome.to_dict())
             if progress is not None:
                 progress(outcome, len(outcomes), len(sources))
         decode_s = time.perf_counter() - started
+        first_frames = [o.started_at + o.first_frame_s for o in decoded if o.first_frame_s is not None]
         records = [index_row(row, outcomes[row.video_id], shard) for row in rows]
         shard.write_index(records)
         checks = shard_checks(shard.dir, records, output_hw, max_failed_ratio)
@@ -114,7 +119,17 @@ def decode_shard(
             published = None
         else:
             published = shard.publish()
-    return ShardReport(key, records, checks, num_resumed, decode_s, sheet, published)
+    return ShardReport(
+        key=key,
+        records=records,
+        checks=checks,
+        num_resumed=num_resumed,
+        num_decoded_frames=sum(o.num_frames for o in decoded),
+        decode_s=decode_s,
+        first_frame_s=min(first_frames) - started_at if first_frames else None,
+        contact_sheet=sheet,
+        published=published,
+    )
 
 
 def index_row(row: ManifestRow, outcome: VideoOutcome, shard: ShardWriter) -> dict[str, Any]:

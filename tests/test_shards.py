@@ -65,6 +65,7 @@ def test_a_shard_is_decoded_indexed_checked_and_published(
         FAILED_RATIO_CHECK: True,
     }
     assert report.contact_sheet.startswith(b"\x89PNG")
+    assert report.num_decoded_frames == 15 and 0 < report.first_frame_s < report.decode_s
     frames, pts = store.read_frames("s-00000", "b")
     assert frames.shape == (9, 27, 48, 3) and pts.shape == (9,)
     index = store.read_index("s-00000")
@@ -110,6 +111,7 @@ def test_an_interrupted_shard_resumes_with_what_it_finished(
 
     report = decode_shard(store, "s-00000", shard_rows, recording, output_hw=(27, 48))
     assert report.num_resumed == 1 and decoded == ["b"] and report.published
+    assert report.num_decoded_frames == 9  # the kept video's 6 frames cost this run nothing
     assert [r["num_frames"] for r in report.records] == [6, 9]
     for video_id in ("a", "b"):
         frames, _ = store.read_frames("s-00000", video_id)

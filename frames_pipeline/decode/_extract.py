@@ -34,6 +34,8 @@ class FrameResult:
     warnings: tuple[str, ...]
     info: VideoInfo
     decode_s: float
+    # From the call to the first batch of frames (at most batch_size): probe, decoder start-up, first decode.
+    first_frame_s: float
     output_path: str | None = None
 
     @property
@@ -107,6 +109,7 @@ class _Decoded:
     warnings: list[str]
     pts: NDArray[np.float64]
     sink: Any
+    first_frame_at: float  # perf_counter() when the first batch arrived
 
     def result(
         self, options: DecodeOptions, started: float, frames: NDArray[np.uint8] | None, output: str | None
@@ -121,6 +124,7 @@ class _Decoded:
             warnings=tuple(printable(w) for w in self.warnings),
             info=self.info,
             decode_s=time.perf_counter() - started,
+            first_frame_s=self.first_frame_at - started,
             output_path=output,
         )
 
@@ -133,8 +137,8 @@ def _decode(source: str | os.PathLike[str], options: DecodeOptions, open_sink: A
         warnings: list[str] = []
         sink = open_sink(info)
         try:
-            pts = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
-            return _Decoded(info, mode, fallback_reason, warnings, pts, sink)
+            pts, first_frame_at = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
+            return _Decoded(info, mode, fallback_reason, warnings, pts, sink, first_frame_at)
         except DamagedStream:
             _discard(sink)
             options = replace(options, threads=1)
@@ -158,17 +162,20 @@ def _run_backend(
     deadline: float,
     warnings: list[str],
     sink: _Sink,
-) -> NDArray[np.float64]:
+) -> tuple[NDArray[np.float64], float]:
+    """The timestamps of every frame the backend decoded into ``sink``, and when its first batch came."""
     stamps: list[NDArray[np.float64]] = []
+    first_at = 0.0
     batch: FrameBatch
     for batch in backend.decode(info, options, deadline, warnings):
+        first_at = first_at or time.perf_counter()
         sink.write(batch.frames)
         stamps.append(batch.pts_s)
     pts = np.concatenate(stamps) if stamps else np.empty(0, dtype=np.float64)
     if pts.size == 0:
         detail = f": {warnings[0]}" if warnings else ""
         raise DecodeError(Reason.CORRUPT, f"no frame could be decoded{detail}", path=info.path)
-    return pts
+    return pts, first_at
 
 
 def _discard(sink: Any) -> None:

@@ -64,6 +64,8 @@ class VideoOutcome:
     warnings: tuple[str, ...]
     decode_s: float
     info: VideoInfo | None
+    started_at: float  # Unix time the video was started: with first_frame_s, start-up across a pool
+    first_frame_s: float | None  # from the start to its first batch of frames; None when it failed
 
     @property
     def ok(self) -> bool:
@@ -129,7 +131,7 @@ class VideoOutcome:
 
     @classmethod
     def decoded(
-        cls, job: VideoJob, result: FrameResult, options: DecodeOptions, retry_reason: str | None
+        cls, job: VideoJob, result: FrameResult, options: DecodeOptions, retry_reason: str | None, started_at: float
     ) -> VideoOutcome:
         """A finished decode under the pool's ``options``; ``retry_reason`` says why the pool retried
         it in another mode, if it did."""
@@ -149,10 +151,14 @@ class VideoOutcome:
             warnings=result.warnings,
             decode_s=result.decode_s,
             info=result.info,
+            started_at=started_at,
+            first_frame_s=result.first_frame_s,
         )
 
     @classmethod
-    def failure(cls, job: VideoJob, requested_mode: str, error: DecodeError, seconds: float) -> VideoOutcome:
+    def failure(
+        cls, job: VideoJob, requested_mode: str, error: DecodeError, seconds: float, started_at: float
+    ) -> VideoOutcome:
         return cls(
             key=job.key,
             source=job.source,
@@ -168,6 +174,8 @@ class VideoOutcome:
             warnings=(),
             decode_s=seconds,
             info=None,
+            started_at=started_at,
+            first_frame_s=None,
         )
 
 
@@ -204,15 +212,15 @@ def _worker_main(conn: Connection, options: DecodeOptions, parent: int) -> None:
 
 def _decode_assignment(assignment: _Assignment, options: DecodeOptions) -> VideoOutcome:
     job = assignment.job
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     try:
         result = extract_to_file(job.source, job.output, options=replace(options, mode=assignment.mode))
     except DecodeError as exc:
-        return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started)
+        return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started, started_at)
     except Exception as exc:  # a bug must cost one video, not the worker
         error = DecodeError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", path=job.source)
-        return VideoOutcome.failure(job, options.mode, error, time.perf_counter() - started)
-    return VideoOutcome.decoded(job, result, options, assignment.retry_reason)
+        return VideoOutcome.failure(job, options.mode, error, time.perf_counter() - started, started_at)
+    return VideoOutcome.decoded(job, result, options, assignment.retry_reason, started_at)
 
 
 class _Worker:
@@ -223,6 +231,7 @@ class _Worker:
             self.process.start()
         child.close()
         self.assignment: _Assignment | None = None
+        self.assigned_at = 0.0
         self.deadline = 0.0
 
     @property
@@ -231,6 +240,7 @@ class _Worker:
 
     def assign(self, assignment: _Assignment, hard_s: float) -> None:
         self.assignment = assignment
+        self.assigned_at = time.time()
         self.deadline = time.monotonic() + hard_s
         self.conn.send(assignment)
 
@@ -369,7 +379,7 @@ class DecoderPool:
             worker.stop(kill=True)
             _remove_partials(job)
             error = DecodeError(Reason.TIMEOUT, f"no answer after {elapsed:.0f} s; worker killed", path=job.source)
-            return VideoOutcome.failure(job, self.options.mode, error, elapsed)
+            return VideoOutcome.failure(job, self.options.mode, error, elapsed, worker.assigned_at)
         worker.stop(kill=True)
         _remove_partials(job)
         code = worker.process.exitcode
@@ -381,7 +391,7 @@ class DecoderPool:
         error = DecodeError(
             Reason.WORKER_CRASHED, f"worker died (exit code {code}), {assignment.attempt + 1} tries", path=job.source
         )
-        return VideoOutcome.failure(job, self.options.mode, error, elapsed)
+        return VideoOutcome.failure(job, self.options.mode, error, elapsed, worker.assigned_at)
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.stop(kill=True)

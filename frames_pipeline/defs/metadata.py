@@ -28,7 +28,9 @@ def frames_metadata(report: ShardReport, pool_mode: str, output_hw: tuple[int, i
         "num_resumed": report.num_resumed,
         "frame_count": frame_count,
         "decode_s": round(wall_s, 3),
-        "decode_fps": round(frame_count / wall_s, 1) if wall_s > 0 else 0.0,
+        # Frames this run decoded (a resumed shard's kept videos took no decode time).
+        "decode_fps": round(report.num_decoded_frames / wall_s, 1) if wall_s > 0 else 0.0,
+        "first_frame_s": round(report.first_frame_s, 3) if report.first_frame_s is not None else 0.0,
         "decode_mode": dg.MetadataValue.json(count_values(r["decode_mode"] for r in ok)),
         "pool_mode": pool_mode,
         "failures": dg.MetadataValue.json(count_values(r["error_reason"] for r in report.records)),
