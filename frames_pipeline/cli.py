@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--hw", type=_hw, default=(27, 48), metavar="HxW", help="output height x width (27x48)")
     extract.add_argument("--mode", choices=DECODE_MODES, default="auto", help="decoder (default: auto)")
     extract.add_argument("--workers", type=int, default=1, help="videos decoded in parallel (default 1)")
-    extract.add_argument("--gpu-id", type=int, default=0)
+    extract.add_argument("--processes", type=int, help="worker processes carrying them (default: one per video)")
+    extract.add_argument("--gpu-id", type=int, help="pin to this CUDA device (default: every visible GPU)")
     extract.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per-video limit in seconds")
     extract.add_argument("--ffmpeg", metavar="BINARY", help="ffmpeg executable for ffmpeg_gpu (default: bundled)")
     extract.add_argument(
@@ -106,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        print("--workers must be at least 1", file=sys.stderr)
+    if args.workers < 1 or not 1 <= (args.processes or args.workers) <= args.workers:
+        print("--workers must be at least 1, --processes between 1 and --workers", file=sys.stderr)
         return EXIT_USAGE
     stems = Counter(video.stem for video in args.videos)
     duplicates = sorted(stem for stem, count in stems.items() if count > 1)
@@ -117,7 +118,7 @@ def _extract(args: argparse.Namespace) -> int:
     options = DecodeOptions(
         output_hw=args.hw,
         mode=args.mode,
-        gpu_id=args.gpu_id,
+        gpu_id=args.gpu_id or 0,
         timeout_s=args.timeout,
         ffmpeg_binary=args.ffmpeg,
         allowed_roots=tuple(args.allowed_root),
@@ -127,7 +128,12 @@ def _extract(args: argparse.Namespace) -> int:
     jobs = [VideoJob(video.stem, str(video), str(args.out / f"{video.stem}.npy")) for video in args.videos]
     outcomes: list[VideoOutcome] = []
     with (
-        DecoderPool(options, workers=args.workers) as pool,
+        DecoderPool(
+            options,
+            workers=args.workers,
+            processes=args.processes,
+            gpus=None if args.gpu_id is None else [args.gpu_id],
+        ) as pool,
         tqdm(total=len(jobs), unit="video", disable=args.json or not sys.stderr.isatty()) as bar,
     ):
         for outcome in pool.run(jobs):

@@ -402,7 +402,7 @@ def test_worker_that_dies_on_every_try_is_recorded_and_the_pool_recovers(
         while not stop.is_set():
             writing = any(p.name.startswith(".doomed.npy") for p in tmp_path.iterdir())
             for worker in list(pool._pool) if writing else []:
-                if worker.job is not None and worker.job.key == "doomed" and worker.process.pid not in killed:
+                if any(job.key == "doomed" for job in worker.jobs) and worker.process.pid not in killed:
                     killed.append(worker.process.pid)
                     os.kill(worker.process.pid, signal.SIGKILL)
             time.sleep(0.002)

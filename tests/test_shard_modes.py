@@ -114,7 +114,7 @@ def kill_when_writing(pool: DecoderPool, folder: Path, video_id: str, killed: li
         while time.monotonic() < deadline and not killed:
             writing = any(p.name.startswith(f".{video_id}.npy") for p in folder.rglob(".*"))
             for worker in list(pool._pool) if writing else []:
-                if worker.job is not None and worker.job.key == video_id:
+                if any(job.key == video_id for job in worker.jobs):
                     killed.append(worker.process.pid)
                     os.kill(worker.process.pid, signal.SIGKILL)
             time.sleep(0.002)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,21 +56,30 @@ class _MemorySink:
         self.batches.append(frames)
 
 
-_backends: dict[tuple[str, int, str | None, int], Backend] = {}
+# Per thread: a decoder serves one video at a time, and a worker process may run several decoder threads.
+_local = threading.local()
+
+
+def _backends() -> dict[tuple[str, int, str | None, int], Backend]:
+    if not hasattr(_local, "backends"):
+        _local.backends = {}
+    return _local.backends
 
 
 def backend_for(mode: str, options: DecodeOptions) -> Backend:
-    """The process-wide backend for ``mode``: decoders are reused across videos (start-up is costly)."""
+    """This thread's backend for ``mode``: decoders are reused across videos (start-up is costly)."""
+    backends = _backends()
     key = (mode, options.gpu_id, options.ffmpeg_binary, options.threads)
-    if key not in _backends:
-        _backends[key] = create_backend(mode, options)
-    return _backends[key]
+    if key not in backends:
+        backends[key] = create_backend(mode, options)
+    return backends[key]
 
 
 def close_backends() -> None:
-    """Release every cached decoder of this process."""
-    while _backends:
-        _backends.popitem()[1].close()
+    """Release every cached decoder of this thread."""
+    backends = _backends()
+    while backends:
+        backends.popitem()[1].close()
 
 
 def preferred_mode(options: DecodeOptions) -> tuple[str, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -19,6 +20,10 @@ from frames_pipeline.decode._input_policy import INDIRECT_FORMATS, resolve_sourc
 from frames_pipeline.decode._options import DecodeOptions, with_overrides
 from frames_pipeline.decode._resize import ColourSpec
 
+# FFmpeg's log callback is process-wide, and a CPU decode captures it whole (its frame threads log from
+# threads of their own): in a worker running several decoder threads, PyAV's work (probes and CPU
+# decodes) takes turns under this lock so that each video's messages stay its own.
+FFMPEG_LOG = threading.Lock()
 # Only local files; nested opens (playlists, concat) fail even if a demuxer tries.
 LOCAL_ONLY = {"protocol_whitelist": "file"}
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe")
@@ -154,7 +159,7 @@ def probe(source: str | os.PathLike[str], *, options: DecodeOptions | None = Non
     opts = with_overrides(options, overrides)
     path = resolve_source(source, allow_remote=opts.allow_remote, allowed_roots=opts.allowed_roots)
     deadline = time.monotonic() + opts.timeout_s
-    with open_container(path, allow_remote=opts.allow_remote) as container:
+    with FFMPEG_LOG, open_container(path, allow_remote=opts.allow_remote) as container:
         stream = main_video_stream(container, path)
         ctx = stream.codec_context
         width, height = ctx.width or 0, ctx.height or 0

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from frames_pipeline.decode._backends import DamagedStream, FrameBatch
 from frames_pipeline.decode._errors import DecodeError, Reason
 from frames_pipeline.decode._options import DecodeOptions
-from frames_pipeline.decode._probe import VideoInfo, main_video_stream, open_container
+from frames_pipeline.decode._probe import FFMPEG_LOG, VideoInfo, main_video_stream, open_container
 from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, ShrinkBatch
 
 # Planar Y'CbCr layouts read directly; anything else is converted to yuv444p first.
@@ -53,6 +53,7 @@ class FFmpegCPUBackend:
         av.logging.set_level(av.logging.WARNING)
         try:
             with (
+                FFMPEG_LOG,
                 open_container(info.path, allow_remote=options.allow_remote) as container,
                 av.logging.Capture(local=False) as log,
             ):
