@@ -287,10 +287,10 @@ class _Worker:
     def free(self) -> int:
         return self.threads - len(self.in_flight)
 
-    def accepts(self, assignment: _Assignment, gpu_bound: bool) -> bool:
-        """Whether this process may take ``assignment``: a video bound for a GPU only on a GPU it has
-        not crashed on, any other video anywhere."""
-        return not gpu_bound or (self.gpu is not None and self.gpu not in assignment.tried_gpus)
+    def accepts(self, assignment: _Assignment, gpu_bound: bool, usable_gpus: set[int]) -> bool:
+        """Whether this process may take ``assignment``: a video bound for a GPU only on a usable GPU
+        it has not crashed on, any other video anywhere."""
+        return not gpu_bound or (self.gpu in usable_gpus and self.gpu not in assignment.tried_gpus)
 
     def assign(self, token: int, assignment: _Assignment, hard_s: float) -> None:
         self.conn.send((token, assignment))
@@ -433,20 +433,24 @@ class DecoderPool:
             for worker in [w for w in self._pool if w.in_flight]:
                 self._retire(worker)
 
+    def _usable_gpus(self) -> set[int]:
+        """GPUs a process of this pool decodes on now, less those taken out."""
+        return {w.gpu for w in self._pool if w.gpu is not None} - self.gpus_down
+
     def _gpu_bound(self, assignment: _Assignment) -> bool:
         return assignment.mode in GPU_MODES or (assignment.mode == "auto" and bool(self.gpus))
 
     def _hand_out(self, pending: deque[_Assignment]) -> None:
         """Give pending videos to processes with free threads that may take them. A process that died
         while idle (killed, out of memory) held nothing: it is replaced and nothing is retried."""
-        healthy = {g for g in self.gpus if g not in self.gpus_down}
+        usable = self._usable_gpus()
         for i, assignment in enumerate(pending):
-            if self._gpu_bound(assignment) and not healthy - assignment.tried_gpus:
+            if self._gpu_bound(assignment) and not usable - assignment.tried_gpus:
                 down = ", ".join(map(str, sorted(self.gpus_down)))
                 why = f"GPU {down} taken out after repeated crashes" if down else "no GPU left to try"
                 pending[i] = replace(assignment, mode="ffmpeg_cpu", retry_reason=assignment.retry_reason or why)
         for worker in list(self._pool):
-            taken = [a for a in pending if worker.accepts(a, self._gpu_bound(a))][: worker.free]
+            taken = [a for a in pending if worker.accepts(a, self._gpu_bound(a), usable)][: worker.free]
             for assignment in taken:
                 try:
                     worker.assign(next(self._tokens), assignment, self._hard_limit_s)
@@ -493,7 +497,7 @@ class DecoderPool:
         where = f"{assignment.mode}" + (f" on GPU {gpu}" if gpu is not None else "")
         died = f"worker died (exit code {code}) decoding in {where}"
         tried = assignment.tried_gpus | ({gpu} if gpu is not None else set())
-        healthy = [g for g in self.gpus if g not in self.gpus_down and g not in tried]
+        healthy = sorted(self._usable_gpus() - tried)
         on_gpu = self._gpu_bound(assignment)
         if on_gpu and healthy and assignment.attempt < self.retries:
             retry = replace(
