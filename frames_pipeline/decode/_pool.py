@@ -369,7 +369,10 @@ class DecoderPool:
         if self.effective_mode == "ffmpeg_cpu":
             self.gpus = ()
         if options.threads == 0:
-            options = replace(options, threads=max(1, (os.cpu_count() or 1) // workers))
+            # Several decoder threads per process decode on CPU with one FFmpeg thread each, which keeps
+            # each video's captured messages its own (see the ffmpeg_cpu backend).
+            per_video = 1 if processes < workers else max(1, (os.cpu_count() or 1) // workers)
+            options = replace(options, threads=per_video)
         self.options = options
         self.workers, self.processes, self.retries, self.grace_s = workers, processes, retries, grace_s
         self.gpus_down: set[int] = set()

@@ -20,9 +20,8 @@ from frames_pipeline.decode._input_policy import INDIRECT_FORMATS, resolve_sourc
 from frames_pipeline.decode._options import DecodeOptions, with_overrides
 from frames_pipeline.decode._resize import ColourSpec
 
-# FFmpeg's log callback is process-wide, and a CPU decode captures it whole (its frame threads log from
-# threads of their own): in a worker running several decoder threads, PyAV's work (probes and CPU
-# decodes) takes turns under this lock so that each video's messages stay its own.
+# A multi-threaded CPU decode captures FFmpeg's process-wide log whole (its frame threads log from
+# threads of their own), so two of them in one process take turns under this lock.
 FFMPEG_LOG = threading.Lock()
 # Only local files; nested opens (playlists, concat) fail even if a demuxer tries.
 LOCAL_ONLY = {"protocol_whitelist": "file"}
@@ -159,7 +158,7 @@ def probe(source: str | os.PathLike[str], *, options: DecodeOptions | None = Non
     opts = with_overrides(options, overrides)
     path = resolve_source(source, allow_remote=opts.allow_remote, allowed_roots=opts.allowed_roots)
     deadline = time.monotonic() + opts.timeout_s
-    with FFMPEG_LOG, open_container(path, allow_remote=opts.allow_remote) as container:
+    with open_container(path, allow_remote=opts.allow_remote) as container:
         stream = main_video_stream(container, path)
         ctx = stream.codec_context
         width, height = ctx.width or 0, ctx.height or 0

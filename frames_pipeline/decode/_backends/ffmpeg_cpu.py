@@ -7,6 +7,7 @@ by ``resize.FrameShrinker`` as they arrive, then finished to RGB many frames at 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from collections.abc import Iterator
@@ -52,10 +53,12 @@ class FFmpegCPUBackend:
         previous_level = av.logging.get_level()
         av.logging.set_level(av.logging.WARNING)
         try:
+            # One decoding thread logs only on this thread, so its capture is this video's alone whatever
+            # else the process decodes or probes at the same time (decoder threads in a GPU worker).
             with (
-                FFMPEG_LOG,
+                FFMPEG_LOG if threaded else contextlib.nullcontext(),
                 open_container(info.path, allow_remote=options.allow_remote) as container,
-                av.logging.Capture(local=False) as log,
+                av.logging.Capture(local=not threaded) as log,
             ):
                 stream = main_video_stream(container, info.path)
                 stream.thread_type = "AUTO" if threaded else "SLICE"
