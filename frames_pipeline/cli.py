@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -14,12 +16,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from frames_pipeline.decode import DECODE_MODES, DecodeError, DecodeOptions, DecoderPool, VideoJob, VideoOutcome, probe
+from frames_pipeline.decode import (
+    DECODE_MODES,
+    DecodeError,
+    DecodeOptions,
+    DecoderPool,
+    VideoJob,
+    VideoOutcome,
+    printable,
+    probe,
+)
 from frames_pipeline.storage.manifest import (
     DEFAULT_SHARD_SIZE,
     ManifestError,
     find_manifests,
     read_manifest,
+    safe_video_id,
     shard_keys,
 )
 from frames_pipeline.storage.store import FramesStore, default_data_root
@@ -49,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     extract = commands.add_parser(
         "extract",
         help="decode videos to DIR/<stem>.npy and DIR/<stem>.pts.npy",
-        description="Decode each VIDEO to DIR/<stem>.npy (frames) and DIR/<stem>.pts.npy (seconds per frame).",
+        description="Decode each VIDEO to DIR/<stem>.npy (frames) and DIR/<stem>.pts.npy (seconds per frame); "
+        "<stem> is made safe for file names as manifest video ids are (clip.pts.mp4 -> clip_pts).",
     )
     extract.add_argument("videos", nargs="+", metavar="VIDEO", type=Path)
     extract.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
@@ -110,8 +123,10 @@ def _extract(args: argparse.Namespace) -> int:
     if args.workers < 1 or not 1 <= (args.processes or args.workers) <= args.workers:
         print("--workers must be at least 1, --processes between 1 and --workers", file=sys.stderr)
         return EXIT_USAGE
-    stems = Counter(video.stem for video in args.videos)
-    duplicates = sorted(stem for stem, count in stems.items() if count > 1)
+    # The manifests' rule: "clip.pts.mp4" must not become the timestamps file of "clip.mp4".
+    names = [safe_video_id(video.stem) for video in args.videos]
+    counts = Counter(name.casefold() for name in names)  # case-insensitive file systems too
+    duplicates = sorted({name for name in names if counts[name.casefold()] > 1})
     if duplicates:
         print(f"several videos share an output name: {', '.join(duplicates)}", file=sys.stderr)
         return EXIT_USAGE
@@ -124,8 +139,15 @@ def _extract(args: argparse.Namespace) -> int:
         allowed_roots=tuple(args.allowed_root),
         allow_remote=args.allow_remote,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [VideoJob(video.stem, str(video), str(args.out / f"{video.stem}.npy")) for video in args.videos]
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"cannot create the output folder {printable(str(args.out))}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    jobs = [
+        VideoJob(name, str(video), str(args.out / f"{name}.npy"))
+        for name, video in zip(names, args.videos, strict=True)
+    ]
     outcomes: list[VideoOutcome] = []
     with (
         DecoderPool(
@@ -190,12 +212,27 @@ def _validate(manifests: list[Path], check_files: bool) -> int:
                 print(f"{path}:{problem.row or '-'}:{problem.column or '-'}: {problem.message}")
             status = EXIT_FAILED
             continue
-        missing = [row for row in rows if check_files and not Path(row.path).is_file()]
-        for row in missing:
-            print(f"{path}:{row.row}:path: no such file {row.path}")
-        status = EXIT_FAILED if missing else status
-        print(f"{path}: {len(rows)} rows, {len(rows) - len(missing)} ok")
+        problems = [(row, why) for row in rows if check_files and (why := _file_problem(row.path))]
+        for row, why in problems:
+            print(f"{path}:{row.row}:path: {why}: {_shortened(printable(row.path))}")
+        status = EXIT_FAILED if problems else status
+        print(f"{path}: {len(rows)} rows, {len(rows) - len(problems)} ok")
     return status
+
+
+def _file_problem(path: str) -> str | None:
+    """Why ``path`` names no video file, or None; never raises (a name too long is a problem like any other)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _shards(data_root: str, shard_size: int) -> int:

@@ -185,7 +185,59 @@ def _run_backend(
     if pts.size == 0:
         detail = f": {warnings[0]}" if warnings else ""
         raise DecodeError(Reason.CORRUPT, f"no frame could be decoded{detail}", path=info.path)
-    return pts, first_at
+    steady, notes = steady_timestamps(pts, 1 / info.fps_from_content)
+    warnings.extend(notes)
+    return steady, first_at
+
+
+def steady_timestamps(pts: NDArray[np.float64], step_s: float) -> tuple[NDArray[np.float64], list[str]]:
+    """A timestamp for every frame, strictly increasing, and notes saying what had to change.
+
+    Frames come in presentation order (every backend returns them as its decoder does) and none is
+    dropped; only their times are fixed: a frame without one (NaN) is placed ``step_s`` after the
+    frame before (before the first timed frame, counted back from it); a frame timed no later than
+    the one before is, when the frames after it go on above, a lone late frame (damage) and is timed
+    between its neighbours, and otherwise a restart of the stream's clock, which it and every later
+    frame are shifted past. Well-formed streams come back unchanged.
+    """
+    missing = np.isnan(pts)
+    if not missing.any() and bool(np.all(np.diff(pts) > 0)):
+        return pts, []
+    notes = []
+    filled = pts.copy()
+    if missing.all():
+        filled = np.arange(pts.size) * step_s
+        notes.append(f"no frame has a timestamp (a raw stream): frames are {step_s:.4f} s apart from 0")
+    elif missing.any():
+        first = int(np.argmax(~missing))
+        filled[:first] = filled[first] - step_s * np.arange(first, 0, -1)
+        for i in np.flatnonzero(missing[first:]) + first:
+            filled[i] = filled[i - 1] + step_s
+        notes.append(
+            f"{int(missing.sum())} frame(s) had no timestamp: each is placed {step_s:.4f} s after the frame before it"
+        )
+    out = filled.copy()
+    offset, late, restarts = 0.0, 0, []
+    for i in range(1, out.size):
+        out[i] = filled[i] + offset
+        if out[i] > out[i - 1]:
+            continue
+        following = filled[i + 1] + offset if i + 1 < out.size else -np.inf
+        if following > out[i - 1]:
+            out[i] = (out[i - 1] + following) / 2
+            late += 1
+        else:
+            restarts.append(f"at frame {i}, to {filled[i]:.3f} s from {out[i - 1]:.3f} s")
+            offset = out[i - 1] + step_s - filled[i]
+            out[i] = out[i - 1] + step_s
+    if late:
+        notes.append(f"{late} frame(s) came after later ones (damaged stream): kept in order, timed between neighbours")
+    if restarts:
+        notes.append(
+            f"timestamps jump back {len(restarts)} time(s) (first {restarts[0]}): "
+            "later frames are shifted to keep time increasing"
+        )
+    return out, notes
 
 
 def _discard(sink: Any) -> None:
@@ -219,7 +271,17 @@ def extract_to_file(
     opts = with_overrides(options, overrides)
     started = time.perf_counter()
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        name_max = os.pathconf(out.parent, "PC_NAME_MAX")
+    except OSError as exc:
+        raise DecodeError(Reason.WRITE_FAILED, f"cannot create {out.parent}: {exc}") from None
+    # Known before decoding: the longer of the two names must fit the file system.
+    name_bytes = len(os.fsencode(pts_path(out).name))
+    if name_bytes > name_max:
+        raise DecodeError(
+            Reason.WRITE_FAILED, f"{pts_path(out).name} is {name_bytes} bytes; names here hold at most {name_max}"
+        )
 
     def open_writer(_info: VideoInfo) -> NpyStreamWriter:
         return NpyStreamWriter(out, (*opts.output_hw, 3))

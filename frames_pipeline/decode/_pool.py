@@ -123,6 +123,7 @@ class VideoOutcome:
             "source_duration_s": info.duration_s_from_content if info else None,
             "vfr": info.vfr if info else None,
             "rotation": info.rotation if info else None,
+            "mirrored": info.mirrored if info else None,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from frames_pipeline.storage.store import (
 # Unreferenced versions older than this are what a dead writer left, not a live writer's upload.
 STALE_VERSION_AGE = timedelta(days=1)
 # Version of the finished-video markers: a resumed run trusts only markers in the format it writes.
-MARKER_FORMAT = 2
+MARKER_FORMAT = 3
 
 
 class ShardBusyError(RuntimeError):

@@ -67,6 +67,7 @@ INDEX_SCHEMA = pa.schema(
         ("source_duration_s", pa.float64()),
         ("vfr", pa.bool_()),
         ("rotation", pa.int32()),
+        ("mirrored", pa.bool_()),  # shown mirrored left to right after the rotation
         ("frames_file", pa.string()),  # "<version>/<video_id>.npy", relative to the shard folder; null when failed
     ]
 )
