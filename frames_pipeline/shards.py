@@ -15,7 +15,7 @@ from typing import Any
 from frames_pipeline.decode import VideoJob, VideoOutcome
 from frames_pipeline.previews import SheetRow, contact_sheet
 from frames_pipeline.storage.manifest import ManifestRow
-from frames_pipeline.storage.shard_writer import ShardWriter
+from frames_pipeline.storage.shard_writer import UNWRITABLE_ERRNOS, ShardUnwritableError, ShardWriter
 from frames_pipeline.storage.store import FramesStore, frames_problem
 
 CONTACT_SHEET = "contact_sheet.png"  # inside each shard version, published with it
@@ -82,8 +82,30 @@ def decode_shard(
     ``decode`` turns jobs into outcomes (a ``DecoderPool``'s ``run``); with ``resume``, videos an
     unpublished earlier run finished from unchanged sources are kept, not decoded again. A failed
     video is a row of the index, not an error. Raises ``ShardBusyError`` if another writer holds
-    the shard.
+    the shard and ``ShardUnwritableError`` if its folder is read-only or full (a video that could
+    not be written is only a ``write_failed`` row; the shard's own files must be written).
     """
+    try:
+        return _decode_shard(store, key, rows, decode, output_hw, resume, max_failed_ratio, progress)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ShardUnwritableError(
+            f"shard {key} cannot be written: {exc.strerror}{where}; free space or make {store.frames_dir} writable"
+        ) from exc
+
+
+def _decode_shard(
+    store: FramesStore,
+    key: str,
+    rows: Sequence[ManifestRow],
+    decode: Decoder,
+    output_hw: tuple[int, int],
+    resume: bool,
+    max_failed_ratio: float,
+    progress: Progress | None,
+) -> ShardReport:
     with ShardWriter(store, key, resume=resume) as shard:
         sources = {row.video_id: row.path for row in rows}
         outcomes = {

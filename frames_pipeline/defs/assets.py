@@ -19,7 +19,7 @@ from frames_pipeline.deployment import video_frames_op_tags
 from frames_pipeline.previews import bar_chart, markdown_image
 from frames_pipeline.shards import decode_shard
 from frames_pipeline.storage.manifest import ManifestError, ShardManifest, read_shard
-from frames_pipeline.storage.shard_writer import ShardBusyError
+from frames_pipeline.storage.shard_writer import ShardBusyError, ShardUnwritableError
 from frames_pipeline.storage.summary import count_values, merge_counts, summarize_shards
 
 SUMMARY_CHART = "summary.png"  # in the frames folder
@@ -97,6 +97,8 @@ def video_frames(
             progress=progress,
         )
     except ShardBusyError as exc:  # the run holding the shard will publish it; a retry would redo its work
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    except ShardUnwritableError as exc:  # read-only or full: a retry fails the same way until someone acts
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     checks = [check_result(c) for c in report.checks]
     if report.published is None:

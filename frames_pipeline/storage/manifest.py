@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from frames_pipeline.decode import is_url
-from frames_pipeline.storage.locations import Location
+from frames_pipeline.storage.locations import Location, read_parquet
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 DEFAULT_SHARD_SIZE = 100
@@ -291,8 +289,7 @@ def _read_records(file: Location) -> tuple[list[str], list[Mapping[str, Any]]]:
         records = [{k.strip(): (v if v not in ("", None) else None) for k, v in r.items()} for r in records]
         return columns, records
     if suffix == ".parquet":
-        with file.fs.open(file.path, "rb") as fh:
-            table = pq.read_table(fh)
+        table = read_parquet(file)
         return list(table.column_names), table.to_pylist()
     if suffix in (".jsonl", ".ndjson"):
         return _read_json_lines(file)

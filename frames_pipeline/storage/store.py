@@ -11,12 +11,16 @@ such as ``s3://bucket/prefix``; the layout is the same on both::
 
 Readers go through the index: it names each video's files relative to the shard folder, and it is
 replaced in one step when a new version is published (``shard_writer.py`` says how), so a reader
-of the index sees one whole version.
+of the index sees one whole version. The version an index names stays readable for a grace period
+after a newer one replaces it (``shard_writer.REPLACED_VERSION_GRACE``), so a reader that read the
+index a moment before a publish still finds every file it names. The index itself is read through one handle
+(``locations.read_parquet``), never by path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -29,10 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from frames_pipeline.decode import pts_path
-from frames_pipeline.storage.locations import Location
+from frames_pipeline.storage.locations import Location, read_parquet, read_parquet_schema
 
 DATA_ENV = "FRAMES_PIPELINE_DATA"
 STAGING_ENV = "FRAMES_PIPELINE_STAGING"
@@ -40,6 +43,8 @@ INDEX_NAME = "index.parquet"
 VERSION_PATTERN = re.compile(r"v-(?P<time>\d{8}T\d{12})-[0-9a-f]{8}")
 _VERSION_TIME = "%Y%m%dT%H%M%S%f"
 VERSION_KEY = "frames_pipeline.version"  # index.parquet metadata: the version folder it publishes
+# index.parquet metadata: {version: UTC time it was replaced} of the earlier versions still kept.
+REPLACED_KEY = "frames_pipeline.replaced"
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -109,10 +114,8 @@ class FramesStore:
 
     def read_index(self, key: str) -> pd.DataFrame | None:
         """The published index of shard ``key``, or None if the shard has never been published."""
-        index = self.index_location(key)
         try:
-            with index.fs.open(index.path, "rb") as fh:
-                return pd.read_parquet(fh)
+            return read_parquet(self.index_location(key)).to_pandas()
         except FileNotFoundError:
             return None
 
@@ -169,16 +172,29 @@ def version_time(name: str) -> datetime | None:
     return datetime.strptime(match["time"], _VERSION_TIME).replace(tzinfo=UTC) if match else None
 
 
-def published_version(store: FramesStore, key: str) -> str | None:
-    """The version folder the published index of ``key`` names, if any."""
-    index = store.index_location(key)
+@dataclass(frozen=True)
+class PublishedVersions:
+    """What a shard's published index says about its versions: the one it names, and the earlier
+    ones it keeps readable ({version: when it was replaced})."""
+
+    version: str | None
+    replaced: dict[str, datetime]
+
+    def metadata(self) -> dict[str, str]:
+        """The index.parquet metadata that records these facts."""
+        replaced = {name: when.isoformat() for name, when in sorted(self.replaced.items())}
+        return {VERSION_KEY: self.version or "", REPLACED_KEY: json.dumps(replaced)}
+
+
+def published_versions(store: FramesStore, key: str) -> PublishedVersions:
+    """The versions the published index of ``key`` names and keeps (none for an unpublished shard)."""
     try:
-        with index.fs.open(index.path, "rb") as fh:
-            metadata = pq.read_schema(fh).metadata or {}
+        metadata = read_parquet_schema(store.index_location(key)).metadata or {}
     except FileNotFoundError:
-        return None
-    version = metadata.get(VERSION_KEY.encode())
-    return version.decode() if version else None
+        return PublishedVersions(None, {})
+    version = metadata.get(VERSION_KEY.encode(), b"").decode() or None
+    replaced = json.loads(metadata.get(REPLACED_KEY.encode(), b"{}"))
+    return PublishedVersions(version, {name: datetime.fromisoformat(when) for name, when in replaced.items()})
 
 
 def replace_file(path: Path, data: bytes) -> None:
