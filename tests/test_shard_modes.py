@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool
+from frames_pipeline.decode._npy import partials
 from frames_pipeline.definitions import defs
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.demo.clips import write_video
@@ -112,7 +113,7 @@ def kill_when_writing(pool: DecoderPool, folder: Path, video_id: str, killed: li
     def act() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
-            writing = any(p.name.startswith(f".{video_id}.npy") for p in folder.rglob(".*"))
+            writing = any(partials(version / f"{video_id}.npy") for version in folder.rglob("v-*"))
             for worker in list(pool._pool) if writing else []:
                 if any(job.key == video_id for job in worker.jobs):
                     killed.append(worker.process.pid)

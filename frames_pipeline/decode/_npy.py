@@ -79,10 +79,15 @@ def _publish_partial(partial: Path, final: Path) -> None:
     os.replace(partial, final)
 
 
+def partials(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files being written for ``path``, or left by writers that were killed."""
+    final = Path(path)
+    return sorted(final.parent.glob(f"{_partial_prefix(final)}*.partial"))
+
+
 def remove_partials(path: str | os.PathLike[str]) -> None:
     """Delete temporary files left for ``path`` by writers that were killed (any process)."""
-    final = Path(path)
-    for leftover in final.parent.glob(f"{_partial_prefix(final)}*.partial"):
+    for leftover in partials(path):
         leftover.unlink(missing_ok=True)
 
 

@@ -296,16 +296,16 @@ def _timing(stamps: list[int | None], durations: list[int], time_base: Fraction,
     """Duration, rate and VFR-ness of the counted packets. When some packets carry no timestamp (raw
     H.264, MPEG-TS without PTS, laced Matroska), time comes from packet durations, as FFmpeg
     times such frames, else from the nominal rate."""
+    known = [d for d in durations if d > 0]
+    packet_step = float(np.median(known)) * float(time_base) if known else 1 / (nominal_fps or _UNSTATED_FPS)
     if all(stamp is not None for stamp in stamps):
         seconds = (np.sort(np.asarray(stamps, dtype=np.int64)) - min(stamps)) * float(time_base)
         deltas = np.diff(seconds)
         step = float(np.median(deltas)) if deltas.size else 0.0
         duration = float(seconds[-1] + step)
         vfr = bool(deltas.size > 1 and np.ptp(deltas) > max(0.02 * step, 2.5 * float(time_base)))
-        return _Timing(duration, len(stamps) / duration if duration > 0 else nominal_fps, vfr)
-    known = [d for d in durations if d > 0]
-    step = float(np.median(known)) * float(time_base) if known else 1 / (nominal_fps or _UNSTATED_FPS)
-    return _Timing(len(stamps) * step, 1 / step, vfr=False)
+        return _Timing(duration, len(stamps) / duration if duration > 0 else nominal_fps or 1 / packet_step, vfr)
+    return _Timing(len(stamps) * packet_step, 1 / packet_step, vfr=False)
 
 
 class PacketClock:

@@ -15,8 +15,8 @@ rename) and ``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote
 ``flock`` on ``<staging>/.<key>.lock`` lets one writer at a time work on a shard there; the kernel
 releases it when a writer dies. Writers on different machines of a remote root cannot share that
 lock, and do not need it for safety: each uploads its own version folder, the last index written
-wins, and a writer deletes only the version it replaced and versions older than a day that no index
-names (what a writer killed mid-upload leaves).
+wins, and a writer deletes only versions whose grace has passed and versions older than a day that
+no index names (what a writer killed mid-upload leaves).
 
 The work folder's name is fixed so that the next run on the same machine finds what a killed one
 left: each finished video gets a marker (``.done/<video_id>.json``: its outcome, and its source's
@@ -228,7 +228,10 @@ class ShardWriter:
     def _write_index(self, versions: PublishedVersions) -> Path:
         assert self._index is not None
         path = self.dir / INDEX_NAME
-        pq.write_table(self._index.replace_schema_metadata(versions.metadata()), path)
+        # Our own handle, closed even when the write fails: pyarrow's, given a path, stays open (on
+        # a deleted file, holding its space) for as long as the exception is kept.
+        with pa.OSFile(str(path), "wb") as sink:
+            pq.write_table(self._index.replace_schema_metadata(versions.metadata()), sink)
         fsync(path)
         return path
 
