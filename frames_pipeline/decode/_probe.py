@@ -309,7 +309,7 @@ def _timing(stamps: list[int | None], durations: list[int], time_base: Fraction,
 
 
 class PacketClock:
-    """Puts the packets of one stream on one increasing timeline, where the file's own restarts.
+    """Puts the packets of one stream on one increasing timeline, even where the file's own restarts.
 
     Concatenated files (``cat a.ts b.ts``, spliced broadcasts) start their timestamps again part way
     through. A packet whose decode timestamp goes back starts a new run; it and every later packet
