@@ -42,6 +42,8 @@ from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.store import (
     INDEX_NAME,
     INDEX_SCHEMA,
+    MANIFEST_HASH_KEY,
+    SHARD_SIZE_KEY,
     VERSION_KEY,
     VERSION_PATTERN,
     FramesStore,
@@ -150,9 +152,11 @@ class ShardWriter:
         fsync(path)
         return path
 
-    def write_index(self, records: Iterable[Mapping[str, Any]]) -> Path:
-        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard."""
-        table = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA.with_metadata({VERSION_KEY: self.version}))
+    def write_index(self, records: Iterable[Mapping[str, Any]], *, manifest_hash: str, shard_size: int) -> Path:
+        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard, with the manifest
+        version and shard size its rows were cut with (what ``FramesStore.published`` reads back)."""
+        metadata = {VERSION_KEY: self.version, MANIFEST_HASH_KEY: manifest_hash, SHARD_SIZE_KEY: str(shard_size)}
+        table = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA.with_metadata(metadata))
         path = self.dir / INDEX_NAME
         pq.write_table(table, path)
         fsync(path)
