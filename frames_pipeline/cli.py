@@ -135,13 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     shards.add_argument("--json", action="store_true", help="one JSON object per shard instead of a table")
 
-    serve = commands.add_parser(
-        "serve-previews",
-        help="serve a local data root's pictures to the Dagster UI",
-        description="Serve the contact sheets and the summary chart of a local data root over HTTP, read-only, "
-        "so the Dagster UI shows them in place: run with FRAMES_PIPELINE_PREVIEW_URL=http://HOST:PORT set for the "
-        "code location.",
+    serve_help = (
+        "Serve the contact sheets and the summary chart of a local data root over HTTP, read-only, so the Dagster "
+        "UI shows them in place: set FRAMES_PIPELINE_PREVIEW_URL=http://HOST:PORT for the code location."
     )
+    serve = commands.add_parser("serve-previews", help="serve a data root's pictures to the UI", description=serve_help)
     serve.add_argument("--data", help=f"data root folder (default: ${DATA_ENV} or ./data)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8787)

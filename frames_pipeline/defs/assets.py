@@ -41,6 +41,8 @@ BLOCKED_TAG = "frames_pipeline/blocked_by"
 # retried and limited on its own, and at 100 videos a shard the run's start-up is a few percent of its work
 # (docs/dagster.md, "Backfills": measured).
 ONE_SHARD_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+_COMMON = {"group_name": "frames", "owners": OWNERS}
+_PER_SHARD = _COMMON | {"partitions_def": video_shards, "backfill_policy": ONE_SHARD_PER_RUN}
 
 # The summary refreshes once shards have landed: when a shard materialized since its last run and
 # no shard is running, or at most an hour later during a long backfill. Shards that are missing or
@@ -62,15 +64,7 @@ class VideoFramesConfig(dg.Config):
     resume: bool = True  # keep the videos an unpublished earlier run of the shard finished; decode the rest
 
 
-@dg.asset(
-    partitions_def=video_shards,
-    group_name="frames",
-    kinds={"python"},
-    owners=OWNERS,
-    tags={"domain": "video", "stage": "input"},
-    code_version="2",
-    backfill_policy=ONE_SHARD_PER_RUN,
-)
+@dg.asset(**_PER_SHARD, kinds={"python"}, tags={"domain": "video", "stage": "input"}, code_version="2")
 def video_manifest(context: dg.AssetExecutionContext, frames_data: FramesDataResource) -> dg.Output[ShardManifest]:
     """The shard's rows of its manifest: safe, unique video ids, absolute paths, and the manifest's
     own columns carried through, read from the manifest version whose hash it records.
@@ -90,13 +84,10 @@ def video_manifest(context: dg.AssetExecutionContext, frames_data: FramesDataRes
 
 
 @dg.asset(
-    partitions_def=video_shards,
-    group_name="frames",
+    **_PER_SHARD,
     kinds={"numpy"},
-    owners=OWNERS,
     tags={"domain": "video", "stage": "decode"},
     code_version=CODE_VERSION,
-    backfill_policy=ONE_SHARD_PER_RUN,
     metadata={"dagster/column_schema": INDEX_COLUMNS},
     pool=DECODE_POOL,
     op_tags=video_frames_op_tags(),  # one GPU on Ray / Kubernetes when the decoder mode needs one
@@ -164,10 +155,9 @@ def video_frames(
 
 
 @dg.asset(
+    **_COMMON,
     deps=[video_frames],
-    group_name="frames",
     kinds={"python"},
-    owners=OWNERS,
     tags={"domain": "video", "stage": "report"},
     code_version="2",
     automation_condition=SUMMARY_CONDITION,
