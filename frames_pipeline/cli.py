@@ -30,6 +30,7 @@ from frames_pipeline.decode import (
     VideoOutcome,
     probe,
 )
+from frames_pipeline.previews import PREVIEW_URL_ENV
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.manifest import (
     SHARD_SIZE_ENV,
@@ -137,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_help = (
         "Serve the contact sheets and the summary chart of a local data root over HTTP, read-only, so the Dagster "
-        "UI shows them in place: set FRAMES_PIPELINE_PREVIEW_URL=http://HOST:PORT for the code location."
+        f"UI shows them in place: set {PREVIEW_URL_ENV}=http://HOST:PORT for the code location."
     )
     serve = commands.add_parser("serve-previews", help="serve a data root's pictures to the UI", description=serve_help)
     serve.add_argument("--data", help=f"data root folder (default: ${DATA_ENV} or ./data)")
@@ -348,12 +349,16 @@ def _plain(record: dict[str, Any]) -> dict[str, Any]:
 def _serve(data_root: str, host: str, port: int) -> int:
     from frames_pipeline.preview_server import preview_server
 
-    if not Location.of(data_root).is_local or not Path(data_root, "frames").is_dir():
-        print(f"no local data root with a frames/ folder at {data_root}", file=sys.stderr)
+    if not Location.of(data_root).is_local or not Path(data_root).is_dir():
+        print(
+            f"no local data root at {data_root} (for object storage, point {PREVIEW_URL_ENV} at the bucket's web "
+            "endpoint instead)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     server = preview_server(data_root, host, port)
     print(f"serving the pictures of {data_root}/frames on http://{host}:{server.server_port}", file=sys.stderr)
-    print(f"set FRAMES_PIPELINE_PREVIEW_URL=http://{host}:{server.server_port} for the code location", file=sys.stderr)
+    print(f"set {PREVIEW_URL_ENV}=http://{host}:{server.server_port} for the code location", file=sys.stderr)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

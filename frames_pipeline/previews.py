@@ -13,16 +13,19 @@ import base64
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-FRAMES_PER_VIDEO = 6
+# Where the data root's pictures are served over HTTP (`frames-pipeline serve-previews`, or a
+# bucket's web endpoint): the UI then links them instead of embedding them.
+PREVIEW_URL_ENV = "FRAMES_PIPELINE_PREVIEW_URL"
+FRAMES_PER_VIDEO = 4  # first, last and two between
 MAX_VIDEOS = 24
 TILE_SCALE = 3  # 27x48 frames become 81x144 tiles, pixels kept sharp (nearest neighbour)
 _FONT = ImageFont.load_default(size=14)
-_LABEL_W = 190
 _PAD = 6
 _BACKGROUND = (24, 24, 28)
 _TEXT = (230, 230, 230)
@@ -39,8 +42,9 @@ class SheetRow:
 
 
 def contact_sheet(rows: Sequence[SheetRow]) -> bytes:
-    """A PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length, one row per video,
-    failed videos first (with their reason), at most ``MAX_VIDEOS`` rows.
+    """A PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length under its id, failed
+    videos first (with their reason), at most ``MAX_VIDEOS`` videos; about 600 px wide at 27x48, so
+    it fits the UI's metadata column.
 
     Frames are memory-mapped, so only the few shown are read.
     """
@@ -49,22 +53,25 @@ def contact_sheet(rows: Sequence[SheetRow]) -> bytes:
     tiles = [_sample(row.frames_file) if row.frames_file else None for row in shown]
     tile_h, tile_w = next((t.shape[1:3] for t in tiles if t is not None and len(t)), (27, 48))
     tile_h, tile_w = tile_h * TILE_SCALE, tile_w * TILE_SCALE
-    row_h = max(tile_h, 40) + _PAD
-    width = _LABEL_W + FRAMES_PER_VIDEO * (tile_w + _PAD)
-    height = max(1, len(shown)) * row_h + (row_h if len(rows) > len(shown) else 0)
-    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    label_h = 20
+    heights = [label_h + (tile_h if frames is not None else 0) + _PAD for frames in tiles]  # a failed video: one line
+    width = _PAD + FRAMES_PER_VIDEO * (tile_w + _PAD)
+    more_h = label_h + _PAD if len(rows) > len(shown) else 0
+    sheet = Image.new("RGB", (width, max(label_h, sum(heights) + more_h)), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    for i, (row, frames) in enumerate(zip(shown, tiles, strict=True)):
-        top = i * row_h
-        draw.text((_PAD, top + _PAD), _fit(draw, row.video_id, _LABEL_W - 2 * _PAD), fill=_TEXT, font=_FONT)
+    tops = accumulate(heights[:-1], initial=0)
+    for top, row, frames in zip(tops, shown, tiles, strict=True):
+        label = _fit(draw, row.video_id, width - 2 * _PAD)
+        draw.text((_PAD, top + 2), label, fill=_TEXT, font=_FONT)
         if row.note:
-            draw.text((_PAD, top + _PAD + 18), _fit(draw, row.note, _LABEL_W - 2 * _PAD), fill=_FAILED, font=_FONT)
+            note_x = _PAD + draw.textlength(label + "  ", font=_FONT)
+            draw.text((note_x, top + 2), _fit(draw, row.note, width - note_x - _PAD), fill=_FAILED, font=_FONT)
         for j, frame in enumerate(frames if frames is not None else []):
             tile = Image.fromarray(np.ascontiguousarray(frame)).resize((tile_w, tile_h), Image.Resampling.NEAREST)
-            sheet.paste(tile, (_LABEL_W + j * (tile_w + _PAD), top))
+            sheet.paste(tile, (_PAD + j * (tile_w + _PAD), top + label_h))
     if len(rows) > len(shown):
         more = f"... {len(rows) - len(shown)} more videos (the shard's index lists them all)"
-        draw.text((_PAD, len(shown) * row_h + _PAD), more, fill=_TEXT, font=_FONT)
+        draw.text((_PAD, sum(heights) + 2), _fit(draw, more, width - 2 * _PAD), fill=_TEXT, font=_FONT)
     return _png(sheet)
 
 

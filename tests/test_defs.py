@@ -432,8 +432,8 @@ def test_pictures_link_to_the_data_root_when_it_is_served(
 
 
 def test_frames_summary_refreshes_itself_when_shards_land(data_root: Path, instance: dg.DagsterInstance) -> None:
-    """Requested after a shard materializes, although another shard has never run and a third is
-    blocked (eager() would wait for them forever); not again until another shard lands."""
+    """Requested after a shard is blocked (the summary lists it) and after one materializes, although
+    another has never run (eager() would wait for it forever); not again until another shard lands."""
     write_manifest(data_root, "broken", ["bad.mp4"])
     instance.add_dynamic_partitions(video_shards.name, ["clips-00000", "clips-00001", "broken-00000"])
     summary_only = dg.AssetSelection.assets(frames_summary)
@@ -446,9 +446,13 @@ def test_frames_summary_refreshes_itself_when_shards_land(data_root: Path, insta
     first = tick()
     assert first.total_requested == 0  # nothing landed yet
     assert not run_shard(instance, data_root, "broken-00000").success
-    assert tick(first.cursor).total_requested == 0  # a blocked shard is no news
+    blocked = tick(first.cursor)
+    assert blocked.total_requested == 1
+    dg.materialize([frames_summary], instance=instance, resources=resources(data_root))
+    quiet = tick(blocked.cursor)
+    assert quiet.total_requested == 0
     assert run_shard(instance, data_root, "clips-00000").success
-    landed = tick(first.cursor)
+    landed = tick(quiet.cursor)
     assert landed.total_requested == 1 and landed.get_requested_partitions(frames_summary.key) == {None}
     dg.materialize([frames_summary], instance=instance, resources=resources(data_root))
     assert tick(landed.cursor).total_requested == 0

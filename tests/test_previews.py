@@ -51,10 +51,12 @@ def test_the_contact_sheet_shows_failed_videos_first_and_at_most_max_videos(tmp_
     np.save(tmp_path / "ok.npy", frames)
     rows = [SheetRow(f"v{i}", tmp_path / "ok.npy") for i in range(MAX_VIDEOS + 5)] + [SheetRow("bad", None, "corrupt")]
     sheet = image(contact_sheet(rows))
-    tile_h = 27 * TILE_SCALE
-    assert sheet.shape[0] < (MAX_VIDEOS + 2) * (tile_h + 20)  # bounded: the rest is one line of text
-    left_of_tiles = sheet[:tile_h, :150]
-    assert (left_of_tiles[..., 0] > 200).any()  # the failed video's reason, in red, on the first row
+    tile_h, tile_w = 27 * TILE_SCALE, 48 * TILE_SCALE
+    assert sheet.shape[0] < (MAX_VIDEOS + 1) * (tile_h + 30)  # bounded: the rest is one line of text
+    assert sheet.shape[1] < 4 * (tile_w + 10) < 700  # fits the UI's metadata column
+    first_label = sheet[:20]
+    reddish = (first_label[..., 0] > 200) & (first_label[..., 1] < 150)
+    assert reddish.any()  # the failed video comes first, its reason in red
 
 
 @pytest.fixture

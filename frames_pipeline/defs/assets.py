@@ -44,11 +44,15 @@ ONE_SHARD_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
 _COMMON = {"group_name": "frames", "owners": OWNERS}
 _PER_SHARD = _COMMON | {"partitions_def": video_shards, "backfill_policy": ONE_SHARD_PER_RUN}
 
-# The summary refreshes once shards have landed: when a shard materialized since its last run and
-# no shard is running, or at most an hour later during a long backfill. Shards that are missing or
-# failed do not hold it back, unlike AutomationCondition.eager(), which waits for every partition.
+# The summary refreshes once shards have landed (materialized, or blocked by their checks, which
+# changes the summary too) and no shard is running, or at most an hour later during a long backfill.
+# Shards that are missing or failed do not hold it back, unlike AutomationCondition.eager(), which
+# waits for every partition.
+_SHARD_FINISHED = dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.execution_failed().newly_true()
+)
 SUMMARY_CONDITION = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    _SHARD_FINISHED.since_last_handled()
     & (
         ~dg.AutomationCondition.any_deps_in_progress()
         | dg.AutomationCondition.cron_tick_passed("0 * * * *").since_last_handled()
@@ -167,8 +171,8 @@ def frames_summary(context: dg.AssetExecutionContext, frames_data: FramesDataRes
     videos, frames, decoder modes and failure reasons, read from the shards' published indexes.
 
     Refreshes itself (automation condition "shards landed", evaluated by
-    `summary_automation_sensor`) once shards have materialized and none is running, or hourly
-    during a long backfill; a failed or missing shard does not hold it back.
+    `summary_automation_sensor`) once shards have materialized or been blocked and none is
+    running, or hourly during a long backfill; a failed or missing shard does not hold it back.
     """
     store = frames_data.store
     keys = sorted(context.instance.get_dynamic_partitions(video_shards.name))

@@ -19,14 +19,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from frames_pipeline.previews import markdown_image
+from frames_pipeline.previews import PREVIEW_URL_ENV, markdown_image
 from frames_pipeline.shards import ShardInputs, ShardReport
 from frames_pipeline.storage.manifest import ShardManifest
 from frames_pipeline.storage.status import STATE_ORDER
 from frames_pipeline.storage.store import INDEX_SCHEMA
 from frames_pipeline.storage.summary import count_values, merge_counts
 
-PREVIEW_URL_ENV = "FRAMES_PIPELINE_PREVIEW_URL"
 TABLE_LIMIT = 500  # rows of a metadata table shown in the UI
 # Per-video table: what happened, then what the probe found; the manifest's own columns follow.
 _VIDEO_COLUMNS = (
