@@ -330,7 +330,8 @@ def _retired(store: FramesStore, current: Iterable[str], shard_size: int) -> lis
     frames = store.location.child("frames")
     if not frames.fs.isdir(frames.path):
         return []
-    names = sorted(posixpath.basename(e.rstrip("/")) for e in frames.fs.ls(frames.path, detail=False))
+    entries = frames.fs.ls(frames.path, detail=True)
+    names = sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
     known = set(current)
     keys = [name for name in names if not name.startswith(".") and name not in known]
     retired = []

@@ -169,6 +169,7 @@ def test_shards_separates_published_stale_blocked_and_retired(
     store.record_blocked(
         BlockedShard("batch-00001", "inputs", "failed_ratio: 2/2 video(s) failed", ("failed_ratio",), "t")
     )
+    store.write_file("frames/summary.png", b"\x89PNG")  # beside the shards, not one of them
     assert main(["shards", "--data", str(tmp_path), "--shard-size", "2"]) == EXIT_OK
     rows = [line.split(None, 6) for line in capsys.readouterr().out.splitlines()[1:-1]]
     assert [(r[0], r[1], r[6]) for r in rows] == [
