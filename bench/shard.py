@@ -23,6 +23,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,10 +38,12 @@ import dagster as dg
 from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, cuda_device_count
 
 from .corpus import SHARD_CLIPS, build, quick_shard_clip
+from .gpu import GpuUtilisation
 
 SHARD_ROWS = 100
 SHARD_KEY = "bench-00000"  # manifests/bench.csv, one shard of the default size
-_DG = Path(sys.executable).with_name("dg")
+# The interpreter's own dg first (a venv not on PATH), else the one on PATH (a --target install).
+_DG = shutil.which("dg", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 def manifest(paths: list[Path], rows: int, folder: Path) -> Path:
@@ -83,6 +86,8 @@ def shard_job(mode: str, paths: list[Path], rows: int, workers: int, scratch: Pa
     config = {"resources": {"frame_decoder": {"config": {"workers": workers}}}}
     env = {**os.environ, "DAGSTER_HOME": str(home), "FRAMES_PIPELINE_DATA": str(data), "FRAMES_PIPELINE_MODE": mode}
     started = time.perf_counter()
+    if _DG is None:
+        raise RuntimeError("dg not found beside the interpreter or on PATH: install dagster-dg-cli")
     done = subprocess.run(
         [_DG, "launch", "--job", "shard_job", "--partition", SHARD_KEY, "--config-json", json.dumps(config)],
         cwd=Path(__file__).resolve().parents[1],
@@ -119,6 +124,15 @@ def shard_job(mode: str, paths: list[Path], rows: int, workers: int, scratch: Pa
     }
 
 
+def sampled(mode: str, measure: Any, *args: Any) -> dict[str, float]:
+    """``measure(mode, *args)``, with NVDEC and SM utilisation over its run when the mode uses the GPU."""
+    if mode == "ffmpeg_cpu":
+        return measure(mode, *args)
+    with GpuUtilisation() as utilisation:
+        row = measure(mode, *args)
+    return {**row, **utilisation.as_row()}
+
+
 def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
@@ -144,9 +158,9 @@ def main() -> None:
                 engine, shard = [], []
                 for _ in range(args.repeats):
                     with tempfile.TemporaryDirectory() as tmp:
-                        engine.append(warm_engine(mode, paths, args.rows, workers, Path(tmp)))
+                        engine.append(sampled(mode, warm_engine, paths, args.rows, workers, Path(tmp)))
                     with tempfile.TemporaryDirectory() as tmp:
-                        shard.append(shard_job(mode, paths, args.rows, workers, Path(tmp)))
+                        shard.append(sampled(mode, shard_job, paths, args.rows, workers, Path(tmp)))
                 row = {"clip": clip, "mode": mode, "workers": workers, "engine": median_row(engine)}
                 row["shard"] = median_row(shard)
                 row["shard_vs_engine"] = row["shard"]["decode_fps"] / row["engine"]["fps"]
@@ -163,14 +177,16 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"`python -m bench.shard {' '.join(sys.argv[1:])}`: {args.rows} videos per shard, medians of {args.repeats}",
         "",
         "| clip | mode | workers | warm engine fps | shard decode_fps | shard / engine | launch wall fps "
-        "| first frame after step start (s) | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| first frame after step start (s) | NVDEC busy, engine / shard (%) | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         e, s = r["engine"], r["shard"]
+        nvdec = f"{e['nvdec_util']:.0f} / {s['nvdec_util']:.0f}" if "nvdec_util" in e else "-"
         lines.append(
             f"| {r['clip']} | {r['mode']} | {r['workers']} | {e['fps']:.0f} | {s['decode_fps']:.0f} | "
-            f"{r['shard_vs_engine']:.2f} | {s['wall_fps']:.0f} | {s['first_frame_s']:.2f} | {s['failed']:.0f} |"
+            f"{r['shard_vs_engine']:.2f} | {s['wall_fps']:.0f} | {s['first_frame_s']:.2f} | {nvdec} | "
+            f"{s['failed']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -94,7 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         help="decoder (default: auto, the best this machine has); a GPU mode it lacks is an error, not a fallback",
     )
     extract.add_argument("--workers", type=_positive, default=1, help="videos decoded in parallel (default 1)")
-    extract.add_argument("--processes", type=_positive, help="worker processes carrying them (default: one per video)")
+    extract.add_argument(
+        "--processes",
+        type=_positive,
+        help="worker processes carrying them (default: one per video on CPU, one per 7 on a GPU)",
+    )
     extract.add_argument("--gpu-id", type=int, help="pin to this CUDA device (default: every visible GPU)")
     extract.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per-video limit in seconds")
     extract.add_argument("--ffmpeg", metavar="BINARY", help="ffmpeg executable for ffmpeg_gpu (default: bundled)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,12 +16,15 @@ from numpy.typing import NDArray
 from frames_pipeline.decode import (
     DECODE_MODES,
     DecodeError,
+    DecodeOptions,
     Reason,
     extract_frames,
     extract_to_file,
     probe,
     pts_path,
 )
+from frames_pipeline.decode import _extract as extract_module
+from frames_pipeline.decode._backends import FrameBatch
 from frames_pipeline.decode._cuda import cuda_device_count
 from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
 from frames_pipeline.demo.clips import CORPUS_HW, expected_quadrant_colours, quadrant_means, vfr_timestamps
@@ -299,3 +304,43 @@ def test_auto_mode_decodes_av1_on_any_gpu(edge_corpus: dict[str, Path]) -> None:
     result = extract_frames(edge_corpus["av1"], mode="auto")
     assert result.num_frames == 30
     assert (result.decode_mode == "ffmpeg_cpu") == bool(result.fallback_reason)
+
+
+class _DroppingGpuBackend:
+    """A GPU backend as NVDEC behaves on a damaged stream: pictures go missing without a word."""
+
+    mode = "pynvc"
+
+    def __init__(self, cpu: Any) -> None:
+        self.cpu = cpu
+
+    def unsupported(self, info: Any) -> None:
+        return None
+
+    def decode(self, info: Any, options: Any, deadline: float, warnings: list[str]) -> Iterator[FrameBatch]:
+        for batch in self.cpu.decode(info, options, deadline, warnings):
+            yield FrameBatch(batch.frames[::2], batch.pts_s[::2])
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_gpu_decode_short_of_the_streams_frames_is_redone_on_cpu_or_says_so(
+    edge_corpus: dict[str, Path], monkeypatch: pytest.MonkeyPatch, fallback: bool
+) -> None:
+    real_backend_for = extract_module.backend_for
+
+    def backend_for(mode: str, options: DecodeOptions) -> Any:
+        cpu = real_backend_for("ffmpeg_cpu", options)
+        return cpu if mode == "ffmpeg_cpu" else _DroppingGpuBackend(cpu)
+
+    monkeypatch.setattr(extract_module, "preferred_mode", lambda options: ("pynvc", None))
+    monkeypatch.setattr(extract_module, "backend_for", backend_for)
+    result = extract_frames(edge_corpus["pattern"], mode="pynvc", fallback_to_cpu=fallback)
+    shortfall = "pynvc decoded 15 of the 30 frames the stream holds: damaged or cut off"
+    if fallback:
+        assert (result.decode_mode, result.num_frames) == ("ffmpeg_cpu", 30)
+        assert result.fallback_reason == f"pynvc failed: {shortfall}"
+    else:
+        assert (result.decode_mode, result.num_frames, result.warnings) == ("pynvc", 15, (shortfall,))

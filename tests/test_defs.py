@@ -1,5 +1,7 @@
 """The code location on real tiny videos: shard runs, checks, sensor, schedule and summary."""
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -133,7 +135,9 @@ def test_assets_follow_dagster_conventions() -> None:
 
 def test_dg_loads_the_project_from_its_defs_folder() -> None:
     """`dg check defs` and `dg list defs` (what `dg dev` loads) see the same definitions."""
-    dg_cli = Path(sys.executable).with_name("dg")
+    # The interpreter's own dg (a venv not on PATH), else PATH's (a --target install on a GPU host).
+    dg_cli = shutil.which("dg", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert dg_cli, "dg not found: install dagster-dg-cli"
     repo = Path(__file__).resolve().parents[1]
     checked = subprocess.run([dg_cli, "check", "defs"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout, checked.stderr

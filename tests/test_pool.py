@@ -172,7 +172,7 @@ def test_processes_are_spread_over_the_gpus_and_a_crash_moves_the_video_elsewher
     device, and decode on CPU, which keeps every outcome checkable here."""
     monkeypatch.setattr(pool_module, "cuda_device_count", lambda: 2)
     monkeypatch.setattr(pool_module, "preferred_mode", lambda options: ("pynvc", None))
-    with DecoderPool(DecodeOptions(mode="pynvc"), workers=workers) as pool:
+    with DecoderPool(DecodeOptions(mode="pynvc"), workers=workers, processes=workers) as pool:
         assert [(w.gpu, w.options.gpu_id) for w in pool._pool] == [(0, 0), (1, 1), (0, 0), (1, 1)][:workers]
         killed: list[int] = []
 
@@ -204,6 +204,27 @@ def test_a_gpu_whose_processes_keep_dying_is_taken_out(tmp_path: Path, monkeypat
             on_gpu_0.process.join(timeout=10)
             pool._retire(on_gpu_0, crashed=True)
         assert pool.gpus_down == {0} and [w.gpu for w in pool._pool] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("mode", "gpus", "workers", "processes"),
+    [
+        ("pynvc", 1, 7, 1),
+        ("pynvc", 1, 14, 2),
+        ("pynvc", 1, 21, 3),
+        ("pynvc", 2, 3, 2),
+        ("pynvc", 4, 2, 2),
+        ("ffmpeg_cpu", 0, 14, 14),
+    ],
+)
+def test_default_processes_carry_a_few_gpu_threads_each_and_one_video_each_on_cpu(
+    mode: str, gpus: int, workers: int, processes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "cuda_device_count", lambda: gpus)
+    monkeypatch.setattr(pool_module, "preferred_mode", lambda options: (options.mode, None))
+    pool = DecoderPool(DecodeOptions(mode=mode), workers=workers)
+    assert pool.processes == processes
+    assert sum(pool._slot_threads(slot) for slot in range(processes)) == workers
 
 
 @pytest.mark.parametrize(

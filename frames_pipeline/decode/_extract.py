@@ -185,6 +185,16 @@ def _run_backend(
     if pts.size == 0:
         detail = f": {warnings[0]}" if warnings else ""
         raise DecodeError(Reason.CORRUPT, f"no frame could be decoded{detail}", path=info.path)
+    if backend.mode in GPU_MODES and pts.size < info.num_frames_from_content:
+        # NVDEC and FFmpeg's CUDA path drop damaged pictures without a word (seen on an H200 with
+        # flipped bytes and a cut-off file); FFmpeg on CPU conceals them and says what it saw.
+        shortfall = (
+            f"{backend.mode} decoded {pts.size} of the {info.num_frames_from_content} frames the stream holds: "
+            "damaged or cut off"
+        )
+        if options.fallback_to_cpu:
+            raise DecodeError(Reason.CORRUPT, shortfall, path=info.path)
+        warnings.append(shortfall)
     steady, notes = steady_timestamps(pts, 1 / info.fps_from_content)
     warnings.extend(notes)
     return steady, first_at

@@ -27,7 +27,10 @@ class FrameDecoderResource(dg.ConfigurableResource):
     workers: int = Field(default=2, description="videos decoded in parallel")
     processes: int | None = Field(
         default=None,
-        description="worker processes carrying them (default: one per video; fewer share start-up and a CUDA context)",
+        description=(
+            "worker processes carrying them (default: one per video on CPU, one per 7 videos and at least one "
+            "per GPU on a GPU; fewer share start-up and a CUDA context)"
+        ),
     )
     timeout_s: float = Field(default=600.0, description="per-video time limit in seconds")
     ffmpeg_binary: str | None = Field(default=None, description="ffmpeg for ffmpeg_gpu (default: bundled)")

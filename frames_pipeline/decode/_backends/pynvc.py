@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from frames_pipeline.decode._backends import FrameBatch
 from frames_pipeline.decode._cuda import cuda_unavailable_reason
 from frames_pipeline.decode._errors import DecodeError, Reason
+from frames_pipeline.decode._input_policy import is_url
 from frames_pipeline.decode._options import DecodeOptions
 from frames_pipeline.decode._probe import VideoInfo
 from frames_pipeline.decode._resize import FrameShrinker, coded_size
@@ -70,6 +71,11 @@ class PyNvcBackend:
         self._decoders: dict[tuple[str, int, int, int], tuple[Any, int, int]] = {}
 
     def unsupported(self, info: VideoInfo) -> str | None:
+        if is_url(info.path):
+            # Seen on an H200: a URL served by a thread of the same process was still not decoded
+            # minutes later; FFmpeg on CPU reads it in well under a second. Its demuxer's network
+            # reads have no deadline we can enforce in-process.
+            return "PyNvVideoCodec's demuxer reads local files only here: network reads have no deadline"
         name = _CODECS.get(info.codec)
         if name is None:
             return f"NVDEC does not decode {info.codec}"
