@@ -362,7 +362,7 @@ def test_a_mirroring_display_matrix_is_applied_like_the_ffmpeg_cli(
 def test_gpu_modes_keep_every_frame_and_orientation_too(
     edge_corpus: dict[str, Path], orientations: dict[str, Path], mode: str
 ) -> None:
-    for name, path in {case: edge_corpus[case] for case in [*TIMING_CASES, "mirrored"]} | orientations:
+    for name, path in ({case: edge_corpus[case] for case in [*TIMING_CASES, "mirrored"]} | orientations).items():
         result = extract_frames(path, mode=mode, fallback_to_cpu=False)
         assert result.frames is not None and result.num_frames == result.info.num_frames_from_content, name
         assert frame_mads(result.frames, cli_frames(path)).max() <= MAX_MAD, name
