@@ -11,16 +11,18 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from frames_pipeline.decode._errors import DecodeError, Reason, printable
 from frames_pipeline.decode._extract import FrameResult, close_backends, extract_to_file, preferred_mode
+from frames_pipeline.decode._input_policy import VideoBytes
 from frames_pipeline.decode._npy import pts_path, remove_partials
 from frames_pipeline.decode._options import GPU_MODES, DecodeOptions
 from frames_pipeline.decode._probe import VideoInfo
@@ -30,15 +32,25 @@ _WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 # The in-worker deadline fires first with a clean error; this margin covers probe and start-up,
 # and past it a silent worker is killed.
 _HARD_DEADLINE_MARGIN_S = 30.0
+# A new worker says so once its imports are done; one that has not within this long is broken.
+_START_LIMIT_S = 120.0
+_READY = "ready"
+# The exit code of a worker that found itself running its parent's main module again (below).
+_RERUN_EXIT_CODE = 78
 
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One video to decode: ``output`` is the frames .npy path (timestamps go beside it)."""
+    """One video to decode: ``output`` is the frames .npy path (timestamps go beside it).
+
+    With ``data`` (a whole video file's bytes) the worker decodes those bytes in memory and
+    ``source`` only names the video; without it ``source`` is the path to read.
+    """
 
     key: str
     source: str
     output: str
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,7 @@ def _worker_main(conn: Connection, options: DecodeOptions, parent: int) -> None:
     """Decode assignments until told to stop; every assignment gets exactly one VideoOutcome back."""
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
+        conn.send(_READY)
         while (assignment := conn.recv()) is not None:
             conn.send(_decode_assignment(assignment, options))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent stopped us, or is gone
@@ -205,8 +218,9 @@ def _worker_main(conn: Connection, options: DecodeOptions, parent: int) -> None:
 def _decode_assignment(assignment: _Assignment, options: DecodeOptions) -> VideoOutcome:
     job = assignment.job
     started = time.perf_counter()
+    source = job.source if job.data is None else VideoBytes(job.source, job.data)
     try:
-        result = extract_to_file(job.source, job.output, options=replace(options, mode=assignment.mode))
+        result = extract_to_file(source, job.output, options=replace(options, mode=assignment.mode))
     except DecodeError as exc:
         return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started)
     except Exception as exc:  # a bug must cost one video, not the worker
@@ -224,6 +238,16 @@ class _Worker:
         child.close()
         self.assignment: _Assignment | None = None
         self.deadline = 0.0
+
+    def wait_ready(self) -> None:
+        """Return once the worker has started; raise WorkerStartError if it exits or hangs first."""
+        ready = wait([self.conn, self.process.sentinel], timeout=_START_LIMIT_S)
+        if self.conn in ready:
+            with contextlib.suppress(EOFError, OSError):
+                if self.conn.recv() == _READY:
+                    return
+        self.stop(kill=True)
+        raise WorkerStartError(_start_failure(self.process.exitcode))
 
     @property
     def job(self) -> VideoJob | None:
@@ -245,6 +269,38 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+
+class WorkerStartError(RuntimeError):
+    """A decoder worker process did not start; the message says why and what to do."""
+
+
+def _main_module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else str(getattr(main, "__file__", "the main module"))
+
+
+def _start_failure(exitcode: int | None) -> str:
+    if exitcode == _RERUN_EXIT_CODE:
+        return (
+            f"decoder workers cannot start: they start with the 'spawn' method, which runs {_main_module_name()} "
+            "again in each worker, and there it starts decoding (a DecoderPool, or the NeMo stage's setup()) "
+            'at import time. Put the code that runs the pipeline under `if __name__ == "__main__":`.'
+        )
+    if exitcode is None:
+        return f"a decoder worker did not start within {_START_LIMIT_S:.0f} s (killed)"
+    return f"a decoder worker exited while starting (exit code {exitcode}); its error is on stderr"
+
+
+def _refuse_rerun_of_main() -> None:
+    """End this process at once if it is a spawned worker still importing its parent's main module:
+    that module has no ``__main__`` guard and would otherwise go on to run the whole job again here
+    (and then fail with a message about bootstrapping); the parent turns the exit code into advice."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        sys.stderr.write("frames_pipeline: a decoder worker found its parent's main module starting decoders again\n")
+        sys.stderr.flush()
+        os._exit(_RERUN_EXIT_CODE)
 
 
 @contextlib.contextmanager
@@ -279,6 +335,7 @@ class DecoderPool:
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        _refuse_rerun_of_main()
         self.options = options or DecodeOptions()
         self.workers = workers
         self.retries = retries
@@ -291,8 +348,16 @@ class DecoderPool:
         self._pool: list[_Worker] = []
 
     def start(self) -> DecoderPool:
-        while len(self._pool) < self.workers:
-            self._pool.append(_Worker(self._ctx, self.options))
+        """Start the workers and wait until each has started (they start side by side); raises
+        WorkerStartError, with what to do, if one cannot."""
+        fresh = [_Worker(self._ctx, self.options) for _ in range(self.workers - len(self._pool))]
+        self._pool.extend(fresh)
+        try:
+            for worker in fresh:
+                worker.wait_ready()
+        except WorkerStartError:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -387,6 +452,7 @@ class DecoderPool:
         worker.stop(kill=True)
         fresh = _Worker(self._ctx, self.options)
         self._pool[self._pool.index(worker)] = fresh
+        fresh.wait_ready()
         return fresh
 
 
