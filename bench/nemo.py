@@ -18,10 +18,15 @@ NeMo's stage refuses to start without ``ffmpeg``.
 from __future__ import annotations
 
 import os
+import secrets
 
-# Ray puts a local cluster on the host's address unless told it is on a laptop: keep it on loopback.
-# Read when Ray is imported, so before the imports below.
+# Read when Ray is imported, so set before the imports below. Ray puts a local cluster on the host's
+# address unless told it is on a laptop: this keeps it on loopback. A new local cluster turns on token
+# authentication and, without a token in the environment, writes one to ~/.ray/auth_token; every later
+# `ray start --head` on the machine then turns authentication on too (the test suite's Ray head then
+# refused its job client: "Missing authentication token").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 import argparse
 import json
