@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,19 @@ QUICK: tuple[ClipSpec, ...] = (
     ClipSpec("steady_360p", "libx264", 360, 640, 300),
     ClipSpec("long_360p", "libx264", 360, 640, 900),
 )
+
+
+# What bench.shard runs through the real shard job: ten-second 1080p clips. A shard lists each distinct
+# clip several times (decoding costs the same; encoding 100 distinct 1080p clips would cost minutes).
+SHARD_CLIPS: tuple[ClipSpec, ...] = (
+    ClipSpec("shard_h264_1080p", "libx264", 1080, 1920, 300, count=10),
+    ClipSpec("shard_hevc_1080p", "libx265", 1080, 1920, 300, count=10),
+)
+
+
+def quick_shard_clip(spec: ClipSpec) -> ClipSpec:
+    """A shard clip cut to a second, four distinct: for trying the harness, not for figures."""
+    return replace(spec, frames=30, count=4)
 
 
 def textured_frames(count: int, height: int, width: int, seed: int) -> Iterator[NDArray[np.uint8]]:

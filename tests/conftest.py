@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def edge_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One file per decoder edge case (see ``make_edge_corpus``), built once per test session."""
     return make_edge_corpus(tmp_path_factory.mktemp("edge_corpus"))
+
+
+@contextmanager
+def _tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``folder``. Mounting needs CAP_SYS_ADMIN, which CI containers rarely grant;
+    without it the test skips."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)  # even while a failed test holds a file
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs: a real ENOSPC (where it cannot be mounted, an RLIMIT_FSIZE test in
+    test_reliability.py still covers a failed write)."""
+    (tmp_path / "disk").mkdir()
+    with _tmpfs(tmp_path / "disk", "size=512k") as disk:
+        yield disk
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder this process cannot write in. Permissions do not stop root, so as root it is
+    a read-only tmpfs."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    with _tmpfs(folder, "ro,size=64k"):
+        yield folder
 
 
 @pytest.fixture(autouse=True)

@@ -26,13 +26,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool, Reason, VideoJob, pts_path
+from frames_pipeline.decode._npy import partials
 from frames_pipeline.defs.assets import video_frames, video_manifest
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
 from frames_pipeline.defs.schedules import pending_shards_schedule
 from frames_pipeline.defs.sensors import manifest_sensor
 from frames_pipeline.demo.clips import write_video
-from frames_pipeline.storage.manifest import shard_keys
+from frames_pipeline.storage.manifest import SHARD_SIZE_ENV, shard_keys
 
 T = TypeVar("T")
 
@@ -49,6 +50,12 @@ DECODES_WHOLE = [
     "yuv422",
     "cover_art",
     "av1",
+    "mirrored",
+    "ts_restart",
+    "size_change",
+    "missing_pts",
+    "edit_list",
+    "annexb",
 ]
 DECODES_WITH_WARNINGS = ["truncated", "corrupt"]
 FAILS_WITH = {
@@ -342,7 +349,7 @@ def test_orphaned_worker_stops_instead_of_finishing_its_video(slow_clip: Path, t
     try:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
-        wait_for(lambda: list(tmp_path.glob(".slow.npy.*.partial")), 60, "the worker to start writing")
+        wait_for(lambda: partials(tmp_path / "slow.npy"), 60, "the worker to start writing")
         os.kill(worker, signal.SIGSTOP)  # frozen mid-video while its parent dies
     finally:
         parent.kill()
@@ -400,9 +407,9 @@ def test_worker_that_dies_on_every_try_is_recorded_and_the_pool_recovers(
         # What PyNvVideoCodec does on a CUDA fatal error: the process is gone, mid-video.
         # Once the doomed video's frames are being written: a fixed delay raced with fast decodes.
         while not stop.is_set():
-            writing = any(p.name.startswith(".doomed.npy") for p in tmp_path.iterdir())
+            writing = bool(partials(tmp_path / "doomed.npy"))
             for worker in list(pool._pool) if writing else []:
-                if worker.job is not None and worker.job.key == "doomed" and worker.process.pid not in killed:
+                if any(job.key == "doomed" for job in worker.jobs) and worker.process.pid not in killed:
                     killed.append(worker.process.pid)
                     os.kill(worker.process.pid, signal.SIGKILL)
             time.sleep(0.002)
@@ -468,23 +475,6 @@ def test_write_failure_is_recorded_and_leaves_no_partial_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.npy", "small.pts.npy"]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs: a real ENOSPC. Mounting needs CAP_SYS_ADMIN, which CI containers rarely
-    grant; without it the test skips and the RLIMIT_FSIZE test above still covers a failed write."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_disk_full_during_a_shard(
     small_disk: Path, slow_clip: Path, edge_corpus: dict[str, Path], instance: dg.DagsterInstance
 ) -> None:
@@ -497,6 +487,45 @@ def test_disk_full_during_a_shard(
     assert index.loc["small", "status"] == "ok"
     assert {p.name for p in shard.rglob("*.npy")} == {"small.npy", "small.pts.npy"}
     assert not [p for p in small_disk.rglob("*") if "partial" in p.name or ".work" in p.name]
+
+
+def failed_once_for(result: dg.ExecuteInProcessResult) -> str | None:
+    """The description ``video_frames`` failed with, provided it failed once and was not retried."""
+    assert not result.success
+    retried = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert retried == [], "a step that cannot succeed was retried"
+    failure = result.failure_data_for_node("video_frames")
+    assert failure is not None and failure.user_failure_data is not None, failure
+    return failure.user_failure_data.description
+
+
+def test_a_full_disk_fails_the_step_at_once_with_the_reason(
+    small_disk: Path, edge_corpus: dict[str, Path], instance: dg.DagsterInstance
+) -> None:
+    write_rows(small_disk / "manifests" / "full.csv", [("a", str(edge_corpus["pattern"]))])
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as filler:
+        while True:  # until the disk is full
+            filler.write(b"\0" * 4096)
+    started = time.monotonic()
+    result = materialize(instance, small_disk, "full-00000", FrameDecoderResource(workers=1))
+    description = failed_once_for(result)
+    assert description and description.startswith("shard full-00000 cannot be written: ")
+    assert "No space left on device" in description
+    assert time.monotonic() - started < 60  # no retry delays
+    assert not (small_disk / "frames" / "full-00000").exists()  # nothing published, nothing half-written
+
+
+def test_a_read_only_frames_folder_fails_the_step_at_once_with_the_reason(
+    read_only_folder: Path, edge_corpus: dict[str, Path], tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    root = tmp_path / "data"
+    write_rows(root / "manifests" / "ro.csv", [("a", str(edge_corpus["pattern"]))])
+    (root / "frames").symlink_to(read_only_folder)
+    result = materialize(instance, root, "ro-00000", FrameDecoderResource(workers=1))
+    description = failed_once_for(result)
+    assert description and description.startswith("shard ro-00000 cannot be written: ")
+    assert "Read-only file system" in description or "Permission denied" in description
+    assert "make" in description and "writable" in description  # what to do about it
 
 
 def measured(call: Callable[[], T]) -> tuple[T, float, int]:
@@ -514,16 +543,17 @@ MAX_SECONDS, MAX_BYTES = 30.0, 200 * 2**20  # generous for a 2-core machine; qua
 
 
 def test_ten_thousand_rows_shard_register_and_schedule_within_bounds(
-    tmp_path: Path, instance: dg.DagsterInstance
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = write_rows(tmp_path / "manifests" / "big.csv", [(f"v{i}", f"../videos/v{i}.mp4") for i in range(10_000)])
-    frames_data = FramesDataResource(data_root=str(tmp_path), shard_size=100)
+    monkeypatch.setenv(SHARD_SIZE_ENV, "100")
+    resources = {"frames_data": FramesDataResource(data_root=str(tmp_path)), "frame_decoder": FrameDecoderResource()}
     expected = [f"big-{i:05d}" for i in range(100)]
 
     keys, seconds, peak = measured(lambda: shard_keys(manifest, 100))
     assert keys == expected and seconds < MAX_SECONDS and peak < MAX_BYTES
 
-    with dg.build_sensor_context(instance=instance, resources={"frames_data": frames_data}) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         tick, seconds, peak = measured(lambda: manifest_sensor(context))
     assert isinstance(tick, dg.SensorResult) and seconds < MAX_SECONDS and peak < MAX_BYTES
     assert [r.partition_key for r in tick.run_requests] == expected
@@ -531,7 +561,7 @@ def test_ten_thousand_rows_shard_register_and_schedule_within_bounds(
     assert isinstance(add, dg.AddDynamicPartitionsRequest) and add.partition_keys == expected
     instance.add_dynamic_partitions(video_shards.name, add.partition_keys)
 
-    with dg.build_schedule_context(instance=instance, resources={"frames_data": frames_data}) as context:
+    with dg.build_schedule_context(instance=instance, resources=resources) as context:
         requests, seconds, peak = measured(lambda: pending_shards_schedule(context))
     assert isinstance(requests, list) and seconds < MAX_SECONDS and peak < MAX_BYTES
     assert [r.partition_key for r in requests] == expected

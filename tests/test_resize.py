@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, ShrinkBatch, coded_size, rotate, yuv_to_rgb
+from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, ShrinkBatch, coded_size, orient, yuv_to_rgb
 
 # (Kr, Kb) from the standards themselves, independent of the module under test.
 STANDARD_K = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
@@ -169,17 +169,21 @@ def test_colour_spec_from_ffmpeg_numbers(
     assert ColourSpec.from_ffmpeg(colorspace, color_range, bits) == expected
 
 
-def test_rotate_is_counter_clockwise() -> None:
+def test_orient_turns_counter_clockwise_then_mirrors() -> None:
     frames = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)
-    assert rotate(frames, 0) is frames
-    turned = rotate(frames, 90)
+    assert orient(frames, 0) is frames
+    turned = orient(frames, 90)
     assert turned.shape == (2, 3, 2, 3)
     # Counter-clockwise: the top-right corner comes to the top-left.
     np.testing.assert_array_equal(turned[:, 0, 0], frames[:, 0, -1])
     np.testing.assert_array_equal(turned, np.rot90(frames, 1, axes=(1, 2)))
-    np.testing.assert_array_equal(rotate(frames, -90), rotate(frames, 270))
-    np.testing.assert_array_equal(rotate(frames, 180), frames[:, ::-1, ::-1])
+    np.testing.assert_array_equal(orient(frames, -90), orient(frames, 270))
+    np.testing.assert_array_equal(orient(frames, 180), frames[:, ::-1, ::-1])
     assert turned.flags.c_contiguous
+    mirrored = orient(frames, 90, mirrored=True)  # the turn first, then left and right swap
+    np.testing.assert_array_equal(mirrored, turned[:, :, ::-1])
+    np.testing.assert_array_equal(orient(frames, 0, mirrored=True), frames[:, :, ::-1])
+    assert mirrored.flags.c_contiguous
 
 
 def test_coded_size_swaps_for_quarter_turns() -> None:

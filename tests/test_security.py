@@ -1,5 +1,7 @@
 """Security: no shell, no network unless asked, output names that cannot escape, and hostile
-manifests and video bytes that end in recorded errors only (property-based, bounded time)."""
+manifests and video bytes that end in recorded errors only (property-based, bounded time); damaged
+containers with edit lists, timestamp restarts and missing timestamps lose no frame the ffmpeg CLI
+decodes."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import functools
 import http.server
 import json
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import frames_pipeline
-from frames_pipeline.decode import DecodeError, DecodeOptions, Reason, extract_frames, probe
+from frames_pipeline.decode import DecodeError, DecodeOptions, Reason, extract_frames, find_ffmpeg, probe
 from frames_pipeline.decode._backends.ffmpeg_gpu import FFmpegGPUBackend
 from frames_pipeline.demo.clips import write_video
 from frames_pipeline.storage.manifest import MANIFEST_SUFFIXES, ManifestError, read_manifest, safe_video_id, unique_ids
@@ -76,7 +79,7 @@ def test_safe_video_id_cannot_leave_the_shard_folder(raw: str) -> None:
     assert not set(video_id) & {"/", "\\", "\x00", "~"}
     assert video_id.isprintable() and len(video_id.encode("utf-8")) <= 100  # encodes: no lone surrogates
     shard = Path("/data/frames/s-00000")
-    for name in (f"{video_id}.npy", f"{video_id}.pts.npy", f".{video_id}.npy.123.partial"):
+    for name in (f"{video_id}.npy", f"{video_id}.pts.npy"):
         assert (shard / name).resolve().parent == shard
 
 
@@ -243,6 +246,39 @@ def test_mutated_video_bytes_give_frames_or_a_reason(small_clip: bytes, data: st
                 assert result.frames is not None and result.frames.dtype == np.uint8
                 assert result.frames.shape == (result.num_frames, 27, 48, 3) and result.num_frames > 0
                 assert np.all(np.diff(result.pts_s) > 0)
+
+
+def cli_decodable_frames(path: Path) -> int:
+    """How many frames the ffmpeg CLI decodes from ``path``'s first video stream, none dropped or
+    duplicated (``-fps_mode passthrough``); 0 when it cannot open the file."""
+    args = ["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "framecrc", "-"]
+    done = subprocess.run(
+        [find_ffmpeg(), "-nostdin", "-v", "quiet", "-i", str(path), *args], capture_output=True, text=True, timeout=60
+    )
+    return sum(1 for line in done.stdout.splitlines() if line and not line.startswith("#"))
+
+
+# Containers whose timing the decoder must get right by itself (see tests/test_hostile.py).
+TIMING_CONTAINERS = ["edit_list", "ts_restart", "size_change", "missing_pts"]
+
+
+@given(data=st.data(), case=st.sampled_from(TIMING_CONTAINERS))
+@settings(FUZZ, max_examples=80, deadline=None)
+def test_mutated_timing_containers_lose_no_frame_the_ffmpeg_cli_decodes(
+    edge_corpus: dict[str, Path], case: str, data: st.DataObject
+) -> None:
+    video = data.draw(mutated(edge_corpus[case].read_bytes()))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / edge_corpus[case].name
+        path.write_bytes(video)
+        decodable = cli_decodable_frames(path)
+        try:
+            result = extract_frames(path, mode="ffmpeg_cpu")
+        except DecodeError as exc:
+            assert exc.hint and decodable == 0, f"{exc} although the ffmpeg CLI decodes {decodable} frames"
+            return
+    assert result.num_frames >= decodable
+    assert np.all(np.diff(result.pts_s) > 0)
 
 
 def test_what_the_fuzzing_found_stays_fixed(small_clip: bytes, tmp_path: Path) -> None:

@@ -3,16 +3,21 @@ local folder and on S3 (a moto server on 127.0.0.1)."""
 
 import posixpath
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from frames_pipeline.decode import pts_path
+from frames_pipeline.storage import shard_writer
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.shard_writer import ShardBusyError, ShardWriter
-from frames_pipeline.storage.store import FramesStore
+from frames_pipeline.storage.status import PENDING, PUBLISHED, ShardState
+from frames_pipeline.storage.store import FramesStore, published_versions
 from frames_pipeline.storage.summary import summarize_shards
+
+CUT = {"manifest_hash": "m", "shard_size": 100}  # what write_index records the rows were cut from
 
 
 def record(video_id: str, ok: bool = True, frames: int = 3, version: str = "v") -> dict[str, object]:
@@ -52,10 +57,18 @@ def write_version(store: FramesStore, key: str, *video_ids: str, failed: Sequenc
             np.save(shard.frames_path(video_id), np.full((3, 27, 48, 3), len(video_id), np.uint8))
             np.save(pts_path(shard.frames_path(video_id)), np.arange(3, dtype=np.float64))
         shard.write_file("contact_sheet.png", b"png")
-        shard.write_index([record(v, version=shard.version) for v in video_ids] + [record(v, ok=False) for v in failed])
+        shard.write_index(
+            [record(v, version=shard.version) for v in video_ids] + [record(v, ok=False) for v in failed], **CUT
+        )
         assert not [f for f in shard_files(store, key) if shard.version in f]  # invisible until published
         assert shard.publish() == store.shard_dir(key)
         return shard.version
+
+
+@pytest.fixture
+def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replaced versions last only until the next publish, as if their grace had passed."""
+    monkeypatch.setattr(shard_writer, "REPLACED_VERSION_GRACE", timedelta(0))
 
 
 def version_files(version: str, *video_ids: str) -> list[str]:
@@ -74,7 +87,9 @@ def test_publish_replaces_the_previous_version(store: FramesStore) -> None:
     first = write_version(store, "s-00000", "first")
     assert shard_files(store, "s-00000") == ["index.parquet", *version_files(first, "first")]
     second = write_version(store, "s-00000", "second", failed=["broken"])
-    assert shard_files(store, "s-00000") == ["index.parquet", *version_files(second, "second")]
+    # The first version stays readable for readers of the old index (its grace period).
+    expected = ["index.parquet", *version_files(first, "first"), *version_files(second, "second")]
+    assert shard_files(store, "s-00000") == sorted(expected)
     index = store.read_index("s-00000")
     assert index is not None and index["video_id"].tolist() == ["second", "broken"]
     assert index["frames_file"].iloc[0] == f"{second}/second.npy" and index["frames_file"].isna().iloc[1]
@@ -89,11 +104,30 @@ def test_publish_replaces_the_previous_version(store: FramesStore) -> None:
     assert hidden_entries(store) == []
 
 
+def test_replaced_versions_stay_for_the_grace_period(store: FramesStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def versions() -> set[str]:
+        return {name.split("/")[0] for name in shard_files(store, "s-00000") if "/" in name}
+
+    first = write_version(store, "s-00000", "a")
+    second = write_version(store, "s-00000", "b")
+    published = published_versions(store, "s-00000")
+    assert published.version == second and set(published.replaced) == {first} and versions() == {first, second}
+    third = write_version(store, "s-00000", "c")
+    assert versions() == {first, second, third}  # both still within their day
+    assert set(published_versions(store, "s-00000").replaced) == {first, second}
+    monkeypatch.setattr(shard_writer, "REPLACED_VERSION_GRACE", timedelta(0))
+    fourth = write_version(store, "s-00000", "d")
+    assert versions() == {third, fourth}  # the one just replaced starts its grace now
+    assert set(published_versions(store, "s-00000").replaced) == {third}
+
+
 def test_a_version_with_only_failed_videos_is_replaced_too(store: FramesStore) -> None:
     first = write_version(store, "s-00000", failed=["a"])
     assert shard_files(store, "s-00000") == ["index.parquet", f"{first}/contact_sheet.png"]
     second = write_version(store, "s-00000", "b")
-    assert shard_files(store, "s-00000") == ["index.parquet", *version_files(second, "b")]
+    expected = ["index.parquet", f"{first}/contact_sheet.png", *version_files(second, "b")]
+    assert shard_files(store, "s-00000") == sorted(expected)
+    assert published_versions(store, "s-00000").replaced.keys() == {first}
 
 
 def test_unpublished_version_leaves_nothing(store: FramesStore) -> None:
@@ -113,6 +147,7 @@ def test_one_writer_per_shard(store: FramesStore) -> None:
     ShardWriter(store, "s-00000").close()  # released on close
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_a_writer_killed_before_its_index_changes_nothing_readers_see(store: FramesStore) -> None:
     published = write_version(store, "s-00000", "good")
     shard = Location.of(store.shard_dir("s-00000"))
@@ -126,9 +161,10 @@ def test_a_writer_killed_before_its_index_changes_nothing_readers_see(store: Fra
     shard.fs.makedirs(shard.child(live).path, exist_ok=True)
     shard.fs.pipe_file(shard.child(live, "x.npy").path, b"uploading")
     latest = write_version(store, "s-00000", "next")
-    expected = ["index.parquet", *version_files(latest, "next")]
-    assert shard_files(store, "s-00000") == (expected if shard.is_local else sorted([*expected, f"{live}/x.npy"]))
-    assert published not in " ".join(shard_files(store, "s-00000"))
+    # The replaced version starts its grace; the dead writer's folder goes, a live upload stays.
+    expected = ["index.parquet", *version_files(published, "good"), *version_files(latest, "next")]
+    assert shard_files(store, "s-00000") == sorted(expected if shard.is_local else [*expected, f"{live}/x.npy"])
+    assert dead not in " ".join(shard_files(store, "s-00000"))
 
 
 def test_an_incomplete_upload_is_not_published(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,13 +196,15 @@ def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
 
 def test_summarize_shards(store: FramesStore) -> None:
     with ShardWriter(store, "s-00000") as shard:
-        shard.write_index([record("a"), record("b", frames=5), record("c", ok=False)])
+        shard.write_index([record("a"), record("b", frames=5), record("c", ok=False)], **CUT)
         shard.publish()
-    table = summarize_shards(store, ["s-00000", "s-00001"])
+    states = [ShardState("s-00000", PUBLISHED, "current"), ShardState("s-00001", PENDING, "never published")]
+    table = summarize_shards(store, states)
     assert table.to_dict("records") == [
         {
             "shard": "s-00000",
-            "published": True,
+            "state": PUBLISHED,
+            "detail": "current",
             "videos": 3,
             "ok": 2,
             "failed": 1,
@@ -176,7 +214,8 @@ def test_summarize_shards(store: FramesStore) -> None:
         },
         {
             "shard": "s-00001",
-            "published": False,
+            "state": PENDING,
+            "detail": "never published",
             "videos": 0,
             "ok": 0,
             "failed": 0,
@@ -214,7 +253,7 @@ def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(store: 
         assert sorted(p.name for p in shard.version_dir.iterdir()) == ["a.npy", "a.pts.npy"]
         assert sorted(p.name for p in (shard.dir / ".done").iterdir()) == ["a.json"]
         assert shard.frames_path("a").stat().st_ino == a_inode  # kept, not rewritten
-        shard.write_index([record("a", version=shard.version)])
+        shard.write_index([record("a", version=shard.version)], **CUT)
         shard.publish()
         version = shard.version
     assert shard_files(store, "s-00000") == ["index.parquet", f"{version}/a.npy", f"{version}/a.pts.npy"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,8 @@ class FrameResult:
     warnings: tuple[str, ...]
     info: VideoInfo
     decode_s: float
+    # From the call to the first batch of frames (at most batch_size): probe, decoder start-up, first decode.
+    first_frame_s: float
     output_path: str | None = None
 
     @property
@@ -54,21 +57,30 @@ class _MemorySink:
         self.batches.append(frames)
 
 
-_backends: dict[tuple[str, int, str | None, int], Backend] = {}
+# Per thread: a decoder serves one video at a time, and a worker process may run several decoder threads.
+_local = threading.local()
+
+
+def _backends() -> dict[tuple[str, int, str | None, int], Backend]:
+    if not hasattr(_local, "backends"):
+        _local.backends = {}
+    return _local.backends
 
 
 def backend_for(mode: str, options: DecodeOptions) -> Backend:
-    """The process-wide backend for ``mode``: decoders are reused across videos (start-up is costly)."""
+    """This thread's backend for ``mode``: decoders are reused across videos (start-up is costly)."""
+    backends = _backends()
     key = (mode, options.gpu_id, options.ffmpeg_binary, options.threads)
-    if key not in _backends:
-        _backends[key] = create_backend(mode, options)
-    return _backends[key]
+    if key not in backends:
+        backends[key] = create_backend(mode, options)
+    return backends[key]
 
 
 def close_backends() -> None:
-    """Release every cached decoder of this process."""
-    while _backends:
-        _backends.popitem()[1].close()
+    """Release every cached decoder of this thread."""
+    backends = _backends()
+    while backends:
+        backends.popitem()[1].close()
 
 
 def preferred_mode(options: DecodeOptions) -> tuple[str, str | None]:
@@ -108,6 +120,7 @@ class _Decoded:
     warnings: list[str]
     pts: NDArray[np.float64]
     sink: Any
+    first_frame_at: float  # perf_counter() when the first batch arrived
 
     def result(
         self, options: DecodeOptions, started: float, frames: NDArray[np.uint8] | None, output: str | None
@@ -122,6 +135,7 @@ class _Decoded:
             warnings=tuple(printable(w) for w in self.warnings),
             info=self.info,
             decode_s=time.perf_counter() - started,
+            first_frame_s=self.first_frame_at - started,
             output_path=output,
         )
 
@@ -142,8 +156,8 @@ def _decode_readable(path: str, options: DecodeOptions, open_sink: Any) -> _Deco
         warnings: list[str] = []
         sink = open_sink(info)
         try:
-            pts = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
-            return _Decoded(info, mode, fallback_reason, warnings, pts, sink)
+            pts, first_frame_at = _run_backend(backend_for(mode, options), info, options, deadline, warnings, sink)
+            return _Decoded(info, mode, fallback_reason, warnings, pts, sink, first_frame_at)
         except DamagedStream:
             _discard(sink)
             options = replace(options, threads=1)
@@ -167,17 +181,72 @@ def _run_backend(
     deadline: float,
     warnings: list[str],
     sink: _Sink,
-) -> NDArray[np.float64]:
+) -> tuple[NDArray[np.float64], float]:
+    """The timestamps of every frame the backend decoded into ``sink``, and when its first batch came."""
     stamps: list[NDArray[np.float64]] = []
+    first_at = 0.0
     batch: FrameBatch
     for batch in backend.decode(info, options, deadline, warnings):
+        first_at = first_at or time.perf_counter()
         sink.write(batch.frames)
         stamps.append(batch.pts_s)
     pts = np.concatenate(stamps) if stamps else np.empty(0, dtype=np.float64)
     if pts.size == 0:
         detail = f": {warnings[0]}" if warnings else ""
         raise DecodeError(Reason.CORRUPT, f"no frame could be decoded{detail}", path=info.path)
-    return pts
+    steady, notes = steady_timestamps(pts, 1 / info.fps_from_content)
+    warnings.extend(notes)
+    return steady, first_at
+
+
+def steady_timestamps(pts: NDArray[np.float64], step_s: float) -> tuple[NDArray[np.float64], list[str]]:
+    """A timestamp for every frame, strictly increasing, and notes saying what had to change.
+
+    Frames come in presentation order (every backend returns them as its decoder does) and none is
+    dropped; only their times are fixed: a frame without one (NaN) is placed ``step_s`` after the
+    frame before (before the first timed frame, counted back from it); a frame timed no later than
+    the one before is, when the frames after it go on above, a lone late frame (damage) and is timed
+    between its neighbours, and otherwise a restart of the stream's clock, which it and every later
+    frame are shifted past. Well-formed streams come back unchanged.
+    """
+    missing = np.isnan(pts)
+    if not missing.any() and bool(np.all(np.diff(pts) > 0)):
+        return pts, []
+    notes = []
+    filled = pts.copy()
+    if missing.all():
+        filled = np.arange(pts.size) * step_s
+        notes.append(f"no frame has a timestamp (a raw stream): frames are {step_s:.4f} s apart from 0")
+    elif missing.any():
+        first = int(np.argmax(~missing))
+        filled[:first] = filled[first] - step_s * np.arange(first, 0, -1)
+        for i in np.flatnonzero(missing[first:]) + first:
+            filled[i] = filled[i - 1] + step_s
+        notes.append(
+            f"{int(missing.sum())} frame(s) had no timestamp: each is placed {step_s:.4f} s after the frame before it"
+        )
+    out = filled.copy()
+    offset, late, restarts = 0.0, 0, []
+    for i in range(1, out.size):
+        out[i] = filled[i] + offset
+        if out[i] > out[i - 1]:
+            continue
+        following = filled[i + 1] + offset if i + 1 < out.size else -np.inf
+        if following > out[i - 1]:
+            out[i] = (out[i - 1] + following) / 2
+            late += 1
+        else:
+            restarts.append(f"at frame {i}, to {filled[i]:.3f} s from {out[i - 1]:.3f} s")
+            offset = out[i - 1] + step_s - filled[i]
+            out[i] = out[i - 1] + step_s
+    if late:
+        notes.append(f"{late} frame(s) came after later ones (damaged stream): kept in order, timed between neighbours")
+    if restarts:
+        notes.append(
+            f"timestamps jump back {len(restarts)} time(s) (first {restarts[0]}): "
+            "later frames are shifted to keep time increasing"
+        )
+    return out, notes
 
 
 def _discard(sink: Any) -> None:
@@ -209,7 +278,17 @@ def extract_to_file(
     opts = with_overrides(options, overrides)
     started = time.perf_counter()
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        name_max = os.pathconf(out.parent, "PC_NAME_MAX")
+    except OSError as exc:
+        raise DecodeError(Reason.WRITE_FAILED, f"cannot create {out.parent}: {exc}") from None
+    # Known before decoding: the longer of the two names must fit the file system.
+    name_bytes = len(os.fsencode(pts_path(out).name))
+    if name_bytes > name_max:
+        raise DecodeError(
+            Reason.WRITE_FAILED, f"{pts_path(out).name} is {name_bytes} bytes; names here hold at most {name_max}"
+        )
 
     def open_writer(_info: VideoInfo) -> NpyStreamWriter:
         return NpyStreamWriter(out, (*opts.output_hw, 3))

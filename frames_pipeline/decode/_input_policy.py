@@ -4,6 +4,10 @@ a whole video file held in memory.
 FFmpeg follows URLs inside playlists (HLS, DASH), concat scripts and protocol prefixes
 (``http:``, ``concat:``, ``subfile:``). Refusing them here, before any demuxer sees the file, is
 what keeps a hostile manifest from making a worker fetch from the network or read outside its roots.
+
+Reads must end: a character device, FIFO or socket can block forever (or act when opened), so only
+a regular file with data is opened, and without blocking. Kernel files such as ``/proc/kmsg`` look
+regular but block in ``read()``; they report a size of 0, which is refused before they are opened.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,14 @@ _INDIRECT_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"<?xml", "an XML manifest (DASH/SMIL)"),
     (b"<MPD", "a DASH manifest"),
     (b"#EXTINF", "an M3U playlist"),
+)
+# What a path names when it is not a regular file, for the refusal's message.
+_NOT_REGULAR = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
 )
 # Demuxers that read other files or URLs named inside the input.
 INDIRECT_FORMATS = frozenset({"hls", "applehttp", "dash", "concat", "ffconcat", "smil", "imf", "tee", "mpjpeg"})
@@ -62,30 +75,57 @@ def resolve_source(
 ) -> str:
     """Return the real local path of ``source`` or raise a DecodeError saying why it is refused."""
     text = os.fspath(source)
-    if is_url(text) and not Path(text).exists():
+    # os.path.exists, unlike Path.exists, never raises: a data: URI is longer than any file name.
+    if is_url(text) and not os.path.exists(text):
         if allow_remote:
             return text
-        raise DecodeError(Reason.REMOTE_INPUT, f"{text!r} is a URL or protocol, not a local file", path=text)
+        raise DecodeError(Reason.REMOTE_INPUT, f"{text[:100]!r} is a URL or protocol, not a local file", path=text)
     path = Path(text)
     try:
         real = path.resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError):
         raise DecodeError(Reason.NOT_FOUND, "no such file", path=text) from None
-    except (OSError, RuntimeError) as exc:  # symlink loops, permissions
+    except (OSError, RuntimeError) as exc:  # symlink loops, permissions, names too long
         raise DecodeError(Reason.NOT_FOUND, f"cannot resolve path: {exc}", path=text) from None
     if allowed_roots and not any(real.is_relative_to(Path(root).resolve()) for root in allowed_roots):
         raise DecodeError(
             Reason.OUTSIDE_ALLOWED_ROOTS, f"resolves to {real}, outside {list(map(str, allowed_roots))}", path=text
         )
-    if not real.is_file():
-        raise DecodeError(Reason.NOT_A_VIDEO, "not a regular file", path=text)
+    _check_head(_read_head(real, text), allow_remote=allow_remote, name=text)
+    return str(real)
+
+
+def _read_head(real: Path, text: str) -> bytes:
+    """The first bytes of the regular file ``real``, read without ever blocking; DecodeError otherwise."""
     try:
-        with open(real, "rb") as fh:
-            head = fh.read(64)
+        before = os.stat(real)
+        _require_regular_with_data(before, text)
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise DecodeError(Reason.NOT_FOUND, f"cannot read: {exc}", path=text) from None
-    _check_head(head, allow_remote=allow_remote, name=text)
-    return str(real)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            raise DecodeError(Reason.NOT_FOUND, "the file was replaced while it was checked", path=text)
+        _require_regular_with_data(opened, text)
+        head = os.read(fd, 64)
+    except BlockingIOError:
+        raise DecodeError(Reason.NOT_A_VIDEO, "reading it would block: not a file of data", path=text) from None
+    except OSError as exc:
+        raise DecodeError(Reason.NOT_FOUND, f"cannot read: {exc}", path=text) from None
+    finally:
+        os.close(fd)
+    return head
+
+
+def _require_regular_with_data(status: os.stat_result, text: str) -> None:
+    for test, what in _NOT_REGULAR:
+        if test(status.st_mode):
+            raise DecodeError(Reason.NOT_A_VIDEO, f"{what}, not a regular file", path=text)
+    if not stat.S_ISREG(status.st_mode):
+        raise DecodeError(Reason.NOT_A_VIDEO, "not a regular file", path=text)
+    if status.st_size == 0:
+        raise DecodeError(Reason.NOT_A_VIDEO, "empty file (or a kernel file whose reads can block)", path=text)
 
 
 def _check_head(head: bytes, *, allow_remote: bool, name: str) -> None:

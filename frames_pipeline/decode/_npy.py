@@ -3,12 +3,22 @@
 The array header is written last (its shape is not known until the stream ends), into a fixed-size
 slot reserved at the start, and the finished file is renamed into place in one step: a reader sees
 either no file or a whole, valid one.
+
+Output folders may be shared with people who should not choose where our bytes go: a temporary
+name is unpredictable, created exclusively and never through a symbolic link (``O_CREAT | O_EXCL |
+O_NOFOLLOW``), so a link planted beside the output is never written through, and the final rename
+never replaces a link or anything else that is not a regular file. The temporary name is a short
+digest of the final one (37 bytes whatever its length), so every name the file system takes can be
+written, and a killed writer's leftovers are found again from the final name alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import secrets
+import stat
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +29,9 @@ from frames_pipeline.decode._errors import DecodeError, Reason
 
 _MAGIC = b"\x93NUMPY\x01\x00"
 _HEADER_BYTES = 128  # magic + length + dict, padded; a multiple of 64 as the format asks
+# Fresh random names tried before giving up: a clash with an existing entry (planted, or one in 2**64) is skipped.
+_PARTIAL_ATTEMPTS = 8
+_CREATE_PARTIAL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -36,15 +49,45 @@ def pts_path(frames_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name.removesuffix(".npy") + ".pts.npy")
 
 
-def partial_name(path: Path) -> Path:
-    """The hidden temporary name a file is written under before it is published."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+def _partial_prefix(final: Path) -> str:
+    """How every temporary name of ``final`` begins: a digest of its name, not the name itself."""
+    return f".{hashlib.sha256(os.fsencode(final.name)).hexdigest()[:16]}."
+
+
+def _create_partial(final: Path) -> tuple[int, Path]:
+    """A new, empty temporary file beside ``final`` (an open descriptor and its path), under a name
+    nobody could guess, created exclusively: never an existing file, never through a link."""
+    for _ in range(_PARTIAL_ATTEMPTS):
+        partial = final.with_name(f"{_partial_prefix(final)}{secrets.token_hex(8)}.partial")
+        try:
+            return os.open(partial, _CREATE_PARTIAL, 0o666), partial
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {final.name} after {_PARTIAL_ATTEMPTS} tries")
+
+
+def _publish_partial(partial: Path, final: Path) -> None:
+    """Rename ``partial`` to ``final`` in one step. An existing regular file is replaced (a re-run);
+    a link or anything else at ``final`` is refused rather than replaced."""
+    try:
+        existing = os.lstat(final)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(existing.st_mode):
+            raise FileExistsError(f"{final.name} exists and is not a regular file (a link?); it is not replaced")
+    os.replace(partial, final)
+
+
+def partials(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files being written for ``path``, or left by writers that were killed."""
+    final = Path(path)
+    return sorted(final.parent.glob(f"{_partial_prefix(final)}*.partial"))
 
 
 def remove_partials(path: str | os.PathLike[str]) -> None:
-    """Delete temporary files left for ``path`` by writers that were killed (any process id)."""
-    final = Path(path)
-    for leftover in final.parent.glob(f".{final.name}.*.partial"):
+    """Delete temporary files left for ``path`` by writers that were killed (any process)."""
+    for leftover in partials(path):
         leftover.unlink(missing_ok=True)
 
 
@@ -56,12 +99,18 @@ class NpyStreamWriter:
         self.frame_shape = tuple(frame_shape)
         self.dtype = np.dtype(dtype)
         self.count = 0
-        self._tmp = partial_name(self.path)
         try:
-            self._fh = open(self._tmp, "wb")  # noqa: SIM115 - held open across write() calls
+            fd, self._tmp = _create_partial(self.path)
+        except OSError as exc:
+            raise DecodeError(
+                Reason.WRITE_FAILED, f"cannot create a temporary file beside {self.path}: {exc}"
+            ) from None
+        self._fh = os.fdopen(fd, "wb")
+        try:
             self._fh.write(b"\0" * _HEADER_BYTES)
         except OSError as exc:
-            raise DecodeError(Reason.WRITE_FAILED, f"cannot create {self._tmp}: {exc}") from None
+            self.abort()
+            raise DecodeError(Reason.WRITE_FAILED, f"writing {self.path.name}: {exc}") from None
 
     def write(self, frames: NDArray) -> None:
         if frames.shape[1:] != self.frame_shape or frames.dtype != self.dtype:
@@ -80,7 +129,7 @@ class NpyStreamWriter:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
-            os.replace(self._tmp, self.path)
+            _publish_partial(self._tmp, self.path)
         except OSError as exc:
             self.abort()
             raise DecodeError(Reason.WRITE_FAILED, f"publishing {self.path.name}: {exc}") from None

@@ -1,25 +1,33 @@
 """Decoder worker processes: parallel videos, decoder reuse, hard timeouts and crash recovery.
 
-Each worker is a process (threads did not scale, and a CUDA fatal error ends the whole process)
-that keeps its decoders between videos and writes each video's files itself, so frames never
-cross a pipe. The parent only hands out jobs, enforces a hard deadline per video, and replaces a
-worker that hangs or dies; the video it held is retried (on CPU if it was on a GPU) or recorded.
+Videos are decoded in worker processes (a CUDA fatal error ends the whole process, and it must not
+be ours), each running one or more decoder threads that keep their decoders between videos and
+write each video's files themselves, so frames never cross a pipe. One video per process is what
+CPU decoding wants; on a GPU, several decoder threads in one process share its CUDA context (its
+creation queues when many processes start at once, and NVDEC decoding releases the GIL). Processes
+are spread over the GPUs the pool uses. The parent only hands out jobs, enforces a hard deadline per
+video, and replaces a process that hangs or dies: the video that ran past its deadline is recorded
+as a timeout, the others it held are handed out again, and after a crash each of its videos is
+retried on another GPU, then on CPU, before it is recorded as ``worker_crashed``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from frames_pipeline.decode._cuda import cuda_device_count
 from frames_pipeline.decode._errors import DecodeError, Reason, printable
 from frames_pipeline.decode._extract import FrameResult, close_backends, extract_to_file, preferred_mode
 from frames_pipeline.decode._input_policy import VideoBytes
@@ -37,6 +45,9 @@ _START_LIMIT_S = 120.0
 _READY = "ready"
 # The exit code of a worker that found itself running its parent's main module again (below).
 _RERUN_EXIT_CODE = 78
+# A GPU whose processes die this many times in a row, with no video finished between, is taken
+# out of the pool: its processes are restarted on the other GPUs, or to decode on CPU.
+_CRASHES_BEFORE_GPU_IS_DOWN = 2
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class VideoOutcome:
     warnings: tuple[str, ...]
     decode_s: float
     info: VideoInfo | None
+    started_at: float  # Unix time the video was started: with first_frame_s, start-up across a pool
+    first_frame_s: float | None  # from the start to its first batch of frames; None when it failed
 
     @property
     def ok(self) -> bool:
@@ -122,6 +135,7 @@ class VideoOutcome:
             "source_duration_s": info.duration_s_from_content if info else None,
             "vfr": info.vfr if info else None,
             "rotation": info.rotation if info else None,
+            "mirrored": info.mirrored if info else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +155,7 @@ class VideoOutcome:
 
     @classmethod
     def decoded(
-        cls, job: VideoJob, result: FrameResult, options: DecodeOptions, retry_reason: str | None
+        cls, job: VideoJob, result: FrameResult, options: DecodeOptions, retry_reason: str | None, started_at: float
     ) -> VideoOutcome:
         """A finished decode under the pool's ``options``; ``retry_reason`` says why the pool retried
         it in another mode, if it did."""
@@ -155,16 +169,20 @@ class VideoOutcome:
             width=width,
             requested_mode=options.mode,
             decode_mode=result.decode_mode,
-            fallback_reason=retry_reason or result.fallback_reason,
+            fallback_reason="; ".join(r for r in (retry_reason, result.fallback_reason) if r) or None,
             error_reason=None,
             error=None,
             warnings=result.warnings,
             decode_s=result.decode_s,
             info=result.info,
+            started_at=started_at,
+            first_frame_s=result.first_frame_s,
         )
 
     @classmethod
-    def failure(cls, job: VideoJob, requested_mode: str, error: DecodeError, seconds: float) -> VideoOutcome:
+    def failure(
+        cls, job: VideoJob, requested_mode: str, error: DecodeError, seconds: float, started_at: float
+    ) -> VideoOutcome:
         return cls(
             key=job.key,
             source=job.source,
@@ -180,18 +198,29 @@ class VideoOutcome:
             warnings=(),
             decode_s=seconds,
             info=None,
+            started_at=started_at,
+            first_frame_s=None,
         )
 
 
 @dataclass(frozen=True)
 class _Assignment:
-    """The pool's message to a worker: decode ``job`` in ``mode``; ``retry_reason`` says why this is
-    a retry in another mode (the outcome reports it as its fallback reason)."""
+    """One video handed to a worker: decode ``job`` in ``mode``. ``tried_gpus`` are the GPUs whose
+    processes died while decoding it (a retry goes elsewhere); ``retry_reason`` says why this is a
+    retry, which the outcome reports as its fallback reason."""
 
     job: VideoJob
     mode: str
     attempt: int = 0
+    tried_gpus: frozenset[int] = frozenset()
     retry_reason: str | None = None
+
+
+@dataclass
+class _InFlight:
+    assignment: _Assignment
+    assigned_at: float  # Unix time
+    deadline: float  # time.monotonic()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -202,42 +231,67 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _worker_main(conn: Connection, options: DecodeOptions, parent: int) -> None:
-    """Decode assignments until told to stop; every assignment gets exactly one VideoOutcome back."""
+def _worker_main(conn: Connection, options: DecodeOptions, parent: int, threads: int) -> None:
+    """Decode assignments on ``threads`` decoder threads until told to stop; every assignment gets
+    exactly one ``(token, VideoOutcome)`` back."""
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    inbox: queue.Queue[tuple[int, _Assignment] | None] = queue.Queue()
+    sending = threading.Lock()
+
+    def decode_loop() -> None:
+        try:
+            while (message := inbox.get()) is not None:
+                token, assignment = message
+                outcome = _decode_assignment(assignment, options)
+                with sending:
+                    conn.send((token, outcome))
+        except (BrokenPipeError, OSError):  # the parent is gone
+            pass
+        finally:
+            close_backends()
+
+    decoders = [threading.Thread(target=decode_loop, daemon=True) for _ in range(threads)]
+    for decoder in decoders:
+        decoder.start()
     try:
         conn.send(_READY)
-        while (assignment := conn.recv()) is not None:
-            conn.send(_decode_assignment(assignment, options))
+        while (message := conn.recv()) is not None:
+            inbox.put(message)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent stopped us, or is gone
         pass
     finally:
-        close_backends()
+        for _ in decoders:
+            inbox.put(None)
+        for decoder in decoders:
+            decoder.join()
 
 
 def _decode_assignment(assignment: _Assignment, options: DecodeOptions) -> VideoOutcome:
     job = assignment.job
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     source = job.source if job.data is None else VideoBytes(job.source, job.data)
     try:
         result = extract_to_file(source, job.output, options=replace(options, mode=assignment.mode))
     except DecodeError as exc:
-        return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started)
+        return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started, started_at)
     except Exception as exc:  # a bug must cost one video, not the worker
         error = DecodeError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", path=job.source)
-        return VideoOutcome.failure(job, options.mode, error, time.perf_counter() - started)
-    return VideoOutcome.decoded(job, result, options, assignment.retry_reason)
+        return VideoOutcome.failure(job, options.mode, error, time.perf_counter() - started, started_at)
+    return VideoOutcome.decoded(job, result, options, assignment.retry_reason, started_at)
 
 
 class _Worker:
-    def __init__(self, ctx: Any, options: DecodeOptions) -> None:
+    """One worker process: ``threads`` videos at a time, on GPU ``gpu`` (None: decodes on CPU only)."""
+
+    def __init__(self, ctx: Any, options: DecodeOptions, threads: int, gpu: int | None) -> None:
+        self.threads, self.gpu = threads, gpu
+        self.options = replace(options, gpu_id=gpu) if gpu is not None else options
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, options, os.getpid()), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, self.options, os.getpid(), threads), daemon=True)
         with _environment(_WORKER_ENV):
             self.process.start()
         child.close()
-        self.assignment: _Assignment | None = None
-        self.deadline = 0.0
+        self.in_flight: dict[int, _InFlight] = {}
 
     def wait_ready(self) -> None:
         """Return once the worker has started; raise WorkerStartError if it exits or hangs first."""
@@ -247,16 +301,25 @@ class _Worker:
                 if self.conn.recv() == _READY:
                     return
         self.stop(kill=True)
-        raise WorkerStartError(_start_failure(self.process.exitcode))
+        raise WorkerStartError(_start_failure(self.process.exitcode if ready else None))
 
     @property
-    def job(self) -> VideoJob | None:
-        return self.assignment.job if self.assignment else None
+    def jobs(self) -> list[VideoJob]:
+        """The videos this process is decoding now."""
+        return [f.assignment.job for f in self.in_flight.values()]
 
-    def assign(self, assignment: _Assignment, hard_s: float) -> None:
-        self.assignment = assignment
-        self.deadline = time.monotonic() + hard_s
-        self.conn.send(assignment)
+    @property
+    def free(self) -> int:
+        return self.threads - len(self.in_flight)
+
+    def accepts(self, assignment: _Assignment, gpu_bound: bool, usable_gpus: set[int]) -> bool:
+        """Whether this process may take ``assignment``: a video bound for a GPU only on a usable GPU
+        it has not crashed on, any other video anywhere."""
+        return not gpu_bound or (self.gpu in usable_gpus and self.gpu not in assignment.tried_gpus)
+
+    def assign(self, token: int, assignment: _Assignment, hard_s: float) -> None:
+        self.conn.send((token, assignment))
+        self.in_flight[token] = _InFlight(assignment, time.time(), time.monotonic() + hard_s)
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -317,13 +380,27 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def pool_gpus(mode: str, gpus: Sequence[int] | None) -> tuple[int, ...]:
+    """The GPUs a pool decoding in ``mode`` spreads its processes over: those of ``gpus`` that exist
+    (a pinned list), every visible one when None; none for ``ffmpeg_cpu``."""
+    if mode == "ffmpeg_cpu":
+        return ()
+    visible = cuda_device_count()
+    return tuple(g for g in (range(visible) if gpus is None else gpus) if 0 <= g < visible)
+
+
 class DecoderPool:
-    """Decode many videos in ``workers`` processes, each keeping its decoders between videos.
+    """Decode many videos at once, ``workers`` at a time, in ``processes`` worker processes whose
+    decoder threads keep their decoders between videos.
+
+    ``processes`` defaults to ``workers`` (one video per process, which CPU decoding wants); fewer
+    processes share each one's start-up and CUDA context among its threads. On a GPU host the
+    processes are spread over ``gpus`` (default: every visible GPU; a one-element list pins them).
 
     ``run`` yields one ``VideoOutcome`` per job in completion order and never raises for a bad
-    video. A worker that hangs past the deadline is killed (reason ``timeout``); one that dies is
-    replaced and its video retried, on CPU if it was on a GPU, before it is recorded as
-    ``worker_crashed``.
+    video. A video that runs past its deadline is killed with its process (reason ``timeout``); after
+    a crash, each video the process held is retried: on another GPU, then on CPU, before it is
+    recorded as ``worker_crashed``. A GPU whose processes keep dying is taken out of the pool.
     """
 
     def __init__(
@@ -332,25 +409,40 @@ class DecoderPool:
         workers: int = 1,
         retries: int = 1,
         grace_s: float = _HARD_DEADLINE_MARGIN_S,
+        *,
+        processes: int | None = None,
+        gpus: Sequence[int] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         _refuse_rerun_of_main()
-        self.options = options or DecodeOptions()
-        self.workers = workers
-        self.retries = retries
-        self.grace_s = grace_s
-        self.effective_mode, self.mode_reason = preferred_mode(self.options)
-        if self.options.threads == 0:
-            per_worker = max(1, (os.cpu_count() or 1) // workers)
-            self.options = replace(self.options, threads=per_worker)
+        processes = workers if processes is None else processes
+        if not 1 <= processes <= workers:
+            raise ValueError(f"processes must be between 1 and workers ({workers}), got {processes}")
+        options = options or DecodeOptions()
+        self.gpus = pool_gpus(options.mode, gpus)
+        if self.gpus or gpus:  # a pinned GPU that does not exist is what preferred_mode reports
+            options = replace(options, gpu_id=(self.gpus or tuple(gpus or ()))[0])
+        self.effective_mode, self.mode_reason = preferred_mode(options)
+        if self.effective_mode == "ffmpeg_cpu":
+            self.gpus = ()
+        if options.threads == 0:
+            # Several decoder threads per process decode on CPU with one FFmpeg thread each, which keeps
+            # each video's captured messages its own (see the ffmpeg_cpu backend).
+            per_video = 1 if processes < workers else max(1, (os.cpu_count() or 1) // workers)
+            options = replace(options, threads=per_video)
+        self.options = options
+        self.workers, self.processes, self.retries, self.grace_s = workers, processes, retries, grace_s
+        self.gpus_down: set[int] = set()
+        self._crashes: dict[int, int] = {}
         self._ctx = multiprocessing.get_context("spawn")
         self._pool: list[_Worker] = []
+        self._tokens = itertools.count()
 
     def start(self) -> DecoderPool:
-        """Start the workers and wait until each has started (they start side by side); raises
-        WorkerStartError, with what to do, if one cannot."""
-        fresh = [_Worker(self._ctx, self.options) for _ in range(self.workers - len(self._pool))]
+        """Start the worker processes and wait until each has started (they start side by side);
+        raises WorkerStartError, with what to do, if one cannot."""
+        fresh = [self._new_worker(slot) for slot in range(len(self._pool), self.processes)]
         self._pool.extend(fresh)
         try:
             for worker in fresh:
@@ -375,90 +467,151 @@ class DecoderPool:
     def _hard_limit_s(self) -> float:
         return self.options.timeout_s * 1.25 + self.grace_s
 
+    def _slot_threads(self, slot: int) -> int:
+        """Decoder threads of process ``slot``: ``workers`` spread as evenly as ``processes`` allow."""
+        share, extra = divmod(self.workers, self.processes)
+        return share + (slot < extra)
+
+    def _slot_gpu(self, slot: int) -> int | None:
+        healthy = [g for g in self.gpus if g not in self.gpus_down]
+        return healthy[slot % len(healthy)] if healthy else None
+
+    def _new_worker(self, slot: int) -> _Worker:
+        return _Worker(self._ctx, self.options, self._slot_threads(slot), self._slot_gpu(slot))
+
     def run(self, jobs: Iterable[VideoJob]) -> Iterator[VideoOutcome]:
         """Decode ``jobs``; yields outcomes as videos finish."""
         self.start()
-        queue = deque(_Assignment(job, self.options.mode) for job in jobs)
-        idle = list(self._pool)
-        busy: list[_Worker] = []
+        pending = deque(_Assignment(job, self.options.mode) for job in jobs)
         try:
-            while queue or busy:
-                while queue and idle:
-                    busy.append(self._hand_out(idle.pop(), queue.popleft()))
-                timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout))
-                for worker in list(busy):
-                    settled = self._settle(worker, ready)
-                    if settled is None:
-                        continue
-                    busy.remove(worker)
-                    idle.append(worker if worker.process.is_alive() else self._replace(worker))
-                    if isinstance(settled, _Assignment):
-                        queue.appendleft(settled)
-                    else:
-                        yield settled
+            while pending or any(w.in_flight for w in self._pool):
+                self._hand_out(pending)
+                busy = [w for w in self._pool if w.in_flight]
+                deadline = min(f.deadline for w in busy for f in w.in_flight.values())
+                ready = set(
+                    wait(
+                        [w.conn for w in busy] + [w.process.sentinel for w in busy],
+                        timeout=max(0.0, deadline - time.monotonic()),
+                    )
+                )
+                for worker in busy:
+                    yield from self._settle(worker, ready, pending)
         finally:
             # Left early (an exception, or the caller stopped reading): a busy worker's late reply
-            # would be taken for the next job's, so those workers are replaced now.
-            for worker in busy:
-                worker.stop(kill=True)
-                _remove_partials(worker.job)
-                self._replace(worker)
+            # would be taken for the next run's, so those workers are replaced now.
+            for worker in [w for w in self._pool if w.in_flight]:
+                self._retire(worker)
 
-    def _hand_out(self, worker: _Worker, assignment: _Assignment) -> _Worker:
-        """Give ``assignment`` to ``worker``, or to a fresh worker if that one died while idle (killed,
-        or out of memory): it held no job, so nothing is lost or retried."""
-        try:
-            worker.assign(assignment, hard_s=self._hard_limit_s)
-            return worker
-        except OSError:  # BrokenPipeError: the process is gone
-            fresh = self._replace(worker)
-            fresh.assign(assignment, hard_s=self._hard_limit_s)
-            return fresh
+    def _usable_gpus(self) -> set[int]:
+        """GPUs a process of this pool decodes on now, less those taken out."""
+        return {w.gpu for w in self._pool if w.gpu is not None} - self.gpus_down
 
-    def _settle(self, worker: _Worker, ready: set[Any]) -> VideoOutcome | _Assignment | None:
-        """The outcome of ``worker``'s job, or its retry, if it has one now; None while it runs."""
-        assignment = worker.assignment
-        assert assignment is not None
-        job = assignment.job
-        elapsed = self._hard_limit_s - (worker.deadline - time.monotonic())
+    def _gpu_bound(self, assignment: _Assignment) -> bool:
+        return assignment.mode in GPU_MODES or (assignment.mode == "auto" and bool(self.gpus))
+
+    def _hand_out(self, pending: deque[_Assignment]) -> None:
+        """Give pending videos to processes with free threads that may take them. A process that died
+        while idle (killed, out of memory) held nothing: it is replaced and nothing is retried."""
+        usable = self._usable_gpus()
+        for i, assignment in enumerate(pending):
+            if self._gpu_bound(assignment) and not usable - assignment.tried_gpus:
+                down = ", ".join(map(str, sorted(self.gpus_down)))
+                # A pool that never had a GPU says why (the host's reason), not that none is left.
+                left = self.mode_reason or "no GPU left to try"
+                why = f"GPU {down} taken out after repeated crashes" if down else left
+                pending[i] = replace(assignment, mode="ffmpeg_cpu", retry_reason=assignment.retry_reason or why)
+        for worker in list(self._pool):
+            taken = [a for a in pending if worker.accepts(a, self._gpu_bound(a), usable)][: worker.free]
+            for assignment in taken:
+                try:
+                    worker.assign(next(self._tokens), assignment, self._hard_limit_s)
+                except OSError:  # BrokenPipeError: the process is gone
+                    worker = self._retire(worker)
+                    worker.assign(next(self._tokens), assignment, self._hard_limit_s)
+                pending.remove(assignment)
+
+    def _settle(self, worker: _Worker, ready: set[Any], pending: deque[_Assignment]) -> Iterator[VideoOutcome]:
+        """Outcomes ``worker`` has sent; the consequences of its death or of a video past its deadline."""
         if worker.conn in ready:
-            try:
-                outcome: VideoOutcome = worker.conn.recv()
-                return outcome
-            except (EOFError, OSError):
-                pass  # died while answering: treated as a crash below
-        elif worker.process.sentinel not in ready:
-            if time.monotonic() < worker.deadline:
-                return None
-            worker.stop(kill=True)
-            _remove_partials(job)
-            error = DecodeError(Reason.TIMEOUT, f"no answer after {elapsed:.0f} s; worker killed", path=job.source)
-            return VideoOutcome.failure(job, self.options.mode, error, elapsed)
-        worker.stop(kill=True)
-        _remove_partials(job)
+            with contextlib.suppress(EOFError, OSError):  # died while answering: a crash, below
+                while worker.in_flight and worker.conn.poll():
+                    token, outcome = worker.conn.recv()
+                    del worker.in_flight[token]
+                    if worker.gpu is not None:  # it answered: the GPU is alive
+                        self._crashes[worker.gpu] = 0
+                    yield outcome
+        now = time.monotonic()
+        overdue = [t for t, f in worker.in_flight.items() if f.deadline <= now]
+        if worker.process.is_alive() and not overdue:
+            return
+        dead = not worker.process.is_alive()
         code = worker.process.exitcode
-        if assignment.attempt < self.retries:
-            gpu = assignment.mode in GPU_MODES or self.effective_mode in GPU_MODES
-            mode = "ffmpeg_cpu" if gpu else assignment.mode
-            why = f"worker died (exit code {code}) decoding in {assignment.mode}; retried in {mode}"
-            return _Assignment(job, mode, assignment.attempt + 1, why)
-        error = DecodeError(
-            Reason.WORKER_CRASHED, f"worker died (exit code {code}), {assignment.attempt + 1} tries", path=job.source
-        )
-        return VideoOutcome.failure(job, self.options.mode, error, elapsed)
+        held = dict(worker.in_flight)
+        self._retire(worker, crashed=dead)
+        for token, flight in held.items():
+            elapsed = time.time() - flight.assigned_at
+            if dead:
+                yield from self._after_crash(flight, code, worker.gpu, elapsed, pending)
+            elif token in overdue:
+                error = DecodeError(
+                    Reason.TIMEOUT, f"no answer after {elapsed:.0f} s; worker killed", path=flight.assignment.job.source
+                )
+                yield VideoOutcome.failure(flight.assignment.job, self.options.mode, error, elapsed, flight.assigned_at)
+            else:  # killed with the video that hung: not its fault, it starts again as it was
+                pending.appendleft(flight.assignment)
 
-    def _replace(self, worker: _Worker) -> _Worker:
+    def _after_crash(
+        self, flight: _InFlight, code: int | None, gpu: int | None, elapsed: float, pending: deque[_Assignment]
+    ) -> Iterator[VideoOutcome]:
+        """Retry a video whose process died: on a GPU it has not crashed yet, then on CPU."""
+        assignment = flight.assignment
+        where = f"{assignment.mode}" + (f" on GPU {gpu}" if gpu is not None else "")
+        died = f"worker died (exit code {code}) decoding in {where}"
+        tried = assignment.tried_gpus | ({gpu} if gpu is not None else set())
+        healthy = sorted(self._usable_gpus() - tried)
+        on_gpu = self._gpu_bound(assignment)
+        if on_gpu and healthy and assignment.attempt < self.retries:
+            retry = replace(
+                assignment,
+                attempt=assignment.attempt + 1,
+                tried_gpus=frozenset(tried),
+                retry_reason=f"{died}; retried on GPU {healthy[0]}",
+            )
+        elif on_gpu or assignment.attempt < self.retries:
+            retry = replace(
+                assignment,
+                mode="ffmpeg_cpu",
+                attempt=assignment.attempt + 1,
+                tried_gpus=frozenset(tried),
+                retry_reason=f"{died}; retried in ffmpeg_cpu",
+            )
+        else:
+            error = DecodeError(
+                Reason.WORKER_CRASHED, f"{died}, {assignment.attempt + 1} tries", path=assignment.job.source
+            )
+            yield VideoOutcome.failure(assignment.job, self.options.mode, error, elapsed, flight.assigned_at)
+            return
+        pending.appendleft(retry)
+
+    def _retire(self, worker: _Worker, crashed: bool = False) -> _Worker:
+        """Stop ``worker`` (killing it if it holds videos), delete what it was writing, start its
+        replacement. A GPU whose processes keep crashing is taken out: the replacement goes to
+        another GPU, or decodes on CPU."""
         worker.stop(kill=True)
-        fresh = _Worker(self._ctx, self.options)
-        self._pool[self._pool.index(worker)] = fresh
+        for job in worker.jobs:
+            _remove_partials(job)
+        if crashed and worker.gpu is not None:
+            self._crashes[worker.gpu] = self._crashes.get(worker.gpu, 0) + 1
+            if self._crashes[worker.gpu] >= _CRASHES_BEFORE_GPU_IS_DOWN:
+                self.gpus_down.add(worker.gpu)
+        slot = self._pool.index(worker)
+        fresh = self._new_worker(slot)
+        self._pool[slot] = fresh
         fresh.wait_ready()
         return fresh
 
 
-def _remove_partials(job: VideoJob | None) -> None:
+def _remove_partials(job: VideoJob) -> None:
     """Delete what a killed worker was writing for ``job``."""
-    if job is None:
-        return
     remove_partials(job.output)
     remove_partials(pts_path(job.output))

@@ -2,8 +2,9 @@
 
 Backends hand over Y'CbCr planes (full size on CPU, already shrunk by the GPU elsewhere); this
 module area-averages each plane to the output size, converts to RGB with the stream's own matrix
-and range, and applies the display rotation. Scaling before the colour conversion is what FFmpeg's
-swscale does too; doing it here, on small arrays, keeps every mode's pixels the same.
+and range, and applies the display orientation (a rotation, then a mirror). Scaling before the
+colour conversion is what FFmpeg's swscale does too; doing it here, on small arrays, keeps every
+mode's pixels the same.
 """
 
 from __future__ import annotations
@@ -92,11 +93,13 @@ class FrameShrinker:
         output_hw: tuple[int, int],
         colour: ColourSpec,
         rotation: int = 0,
+        mirrored: bool = False,
     ) -> None:
         self.luma_hw = luma_hw
         self.output_hw = output_hw
         self.colour = colour
         self.rotation = rotation
+        self.mirrored = mirrored
         out_h, out_w = coded_size(output_hw, rotation)
         peak = (1 << colour.bit_depth) - 1
         self._luma = _PlanePlan(luma_hw, out_h, out_w, peak)
@@ -117,7 +120,7 @@ class FrameShrinker:
     def finish(self, y: NDArray[np.float32], u: NDArray[np.float32], v: NDArray[np.float32]) -> NDArray[np.uint8]:
         """Reduced planes (N, rows, columns) -> (N, H, W, 3) RGB in display orientation."""
         rgb = yuv_to_rgb(self._luma.finish(y), self._chroma.finish(u), self._chroma.finish(v), self.colour)
-        return rotate(rgb, self.rotation)
+        return orient(rgb, self.rotation, self.mirrored)
 
     def __call__(self, y: NDArray, u: NDArray, v: NDArray) -> NDArray[np.uint8]:
         """Both steps at once, for planes already small (GPU paths) or a single batch."""
@@ -238,12 +241,14 @@ def yuv_to_rgb(
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def rotate(frames: NDArray[np.uint8], rotation: int) -> NDArray[np.uint8]:
-    """Apply a display rotation (degrees counter-clockwise, FFmpeg's sign) to (N, H, W, 3) frames."""
+def orient(frames: NDArray[np.uint8], rotation: int, mirrored: bool = False) -> NDArray[np.uint8]:
+    """Apply a display orientation to (N, H, W, 3) frames: turn ``rotation`` degrees counter-clockwise
+    (FFmpeg's sign), then mirror left to right if ``mirrored`` (``probe.display_orientation``)."""
     turns = (round(rotation / 90) % 4) if rotation else 0
-    if turns == 0:
+    if turns == 0 and not mirrored:
         return frames
-    return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2)))
+    turned = np.rot90(frames, k=turns, axes=(1, 2))
+    return np.ascontiguousarray(turned[:, :, ::-1] if mirrored else turned)
 
 
 def coded_size(output_hw: tuple[int, int], rotation: int) -> tuple[int, int]:

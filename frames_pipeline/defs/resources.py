@@ -7,7 +7,7 @@ from pydantic import Field, PrivateAttr
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, VideoOutcome
 from frames_pipeline.deployment import configured_mode
-from frames_pipeline.storage.manifest import DEFAULT_SHARD_SIZE
+from frames_pipeline.storage.manifest import configured_shard_size
 from frames_pipeline.storage.store import FramesStore, default_data_root
 
 
@@ -19,10 +19,16 @@ class FrameDecoderResource(dg.ConfigurableResource):
         default_factory=configured_mode,
         description="auto, pynvc, ffmpeg_gpu or ffmpeg_cpu (default: $FRAMES_PIPELINE_MODE or auto)",
     )
-    gpu_id: int = Field(default=0, description="CUDA device for the GPU modes")
+    gpu_id: int | None = Field(
+        default=None, description="pin every worker to this CUDA device (default: spread over every visible GPU)"
+    )
     output_hw: list[int] = Field(default=[27, 48], description="output (height, width)")
     batch_size: int = Field(default=64, description="frames per batch (GPU-to-host copies, resize)")
-    workers: int = Field(default=2, description="videos decoded in parallel (one process each)")
+    workers: int = Field(default=2, description="videos decoded in parallel")
+    processes: int | None = Field(
+        default=None,
+        description="worker processes carrying them (default: one per video; fewer share start-up and a CUDA context)",
+    )
     timeout_s: float = Field(default=600.0, description="per-video time limit in seconds")
     ffmpeg_binary: str | None = Field(default=None, description="ffmpeg for ffmpeg_gpu (default: bundled)")
     allowed_roots: list[str] = Field(
@@ -42,7 +48,7 @@ class FrameDecoderResource(dg.ConfigurableResource):
         return DecodeOptions(
             output_hw=(self.output_hw[0], self.output_hw[1]),
             mode=self.mode,
-            gpu_id=self.gpu_id,
+            gpu_id=self.gpu_id or 0,
             batch_size=self.batch_size,
             timeout_s=self.timeout_s,
             ffmpeg_binary=self.ffmpeg_binary,
@@ -73,7 +79,9 @@ class FrameDecoderResource(dg.ConfigurableResource):
         if not self._in_step:
             raise RuntimeError("FrameDecoderResource is used outside a step (setup_for_execution did not run)")
         if self._pool is None:
-            self._pool = DecoderPool(self.decode_options(), workers=self.workers).start()
+            gpus = None if self.gpu_id is None else [self.gpu_id]
+            pool = DecoderPool(self.decode_options(), workers=self.workers, processes=self.processes, gpus=gpus)
+            self._pool = pool.start()
         return self._pool
 
 
@@ -85,13 +93,17 @@ class FramesDataResource(dg.ConfigurableResource):
         description="folder or fsspec URL (s3://bucket/prefix) holding manifests/ and frames/"
         " (default: $FRAMES_PIPELINE_DATA or ./data)",
     )
-    shard_size: int = Field(
-        default=DEFAULT_SHARD_SIZE, gt=0, description="videos per shard; changing it re-keys shards"
-    )
 
     @property
     def store(self) -> FramesStore:
         return FramesStore(self.data_root)
+
+    @property
+    def shard_size(self) -> int:
+        """Videos per shard, ``$FRAMES_PIPELINE_SHARD_SIZE`` (default 100). Not resource config: a run
+        configured with another size would read other rows under the same shard keys, and the CLI,
+        which reads the same variable, would list other shards than the code location has."""
+        return configured_shard_size()
 
 
 frames_data = FramesDataResource()

@@ -1,7 +1,8 @@
 """Small, deterministic real videos for demos and tests, encoded in-process with PyAV's bundled encoders.
 
 ``make_sample_videos`` writes the demo clips the README uses; ``make_edge_corpus`` writes one file per
-case the decoder must handle (rotation, VFR, 10-bit, odd sizes, cover art, damaged and hostile inputs).
+case the decoder must handle (rotation and mirroring, VFR, 10-bit, odd sizes, cover art, timestamps
+that restart or are missing, edit lists, raw streams, damaged and hostile inputs).
 Every clip shows ``pattern_frame``: four flat quadrants that prove orientation even at 27x48, and a
 centre square whose brightness changes every frame.
 """
@@ -214,10 +215,179 @@ def make_edge_corpus(directory: str | os.PathLike[str]) -> dict[str, Path]:
             b"http://example.invalid/segment0.ts\n#EXT-X-ENDLIST\n",
         ),
         "ffconcat": _write_bytes(clips / "concat.ffconcat", b"ffconcat version 1.0\nfile 'pattern.mp4'\n"),
+        # Mirrored, not turned: the display matrix [-1 0; 0 1], whose angle alone reads as 180 degrees.
+        "mirrored": with_display_matrix(
+            write_video(clips / ".mirrored.src.mp4", 30), clips / "mirrored.mp4", hflip=True
+        ),
+        "ts_restart": _write_ts_restart(clips / "ts_restart.ts"),
+        "size_change": _write_size_change(clips / "size_change.ts"),
+        "missing_pts": _write_missing_pts(clips / "missing_pts.mkv"),
+        "edit_list": _write_edit_list(clips / "edit_list.mp4"),
+        "annexb": _write_annexb(clips / "annexb.h264"),
         "symlink_out": _write_symlink(clips / "symlink_out.mp4", write_video(outside / "elsewhere.mp4", 10)),
         "missing": clips / "missing.mp4",
     }
     return corpus
+
+
+def with_display_matrix(
+    source: Path, path: Path, *, rotation: int = 0, hflip: bool = False, vflip: bool = False
+) -> Path:
+    """Copy ``source`` to ``path`` (MP4) with a display matrix of ``rotation`` degrees counter-clockwise
+    and the flips, as the ffmpeg CLI writes them (``-display_rotation``, ``-display_hflip``, ``-display_vflip``);
+    ``source`` is deleted."""
+    matrix = ["-display_rotation", str(rotation)] + ["-display_hflip"] * hflip + ["-display_vflip"] * vflip
+    try:
+        run_ffmpeg(*matrix, "-i", str(source), "-c", "copy", str(path))
+    finally:
+        source.unlink()
+    return path
+
+
+def _to_mpegts(source: Path, path: Path, *extra: str) -> Path:
+    run_ffmpeg("-i", str(source), "-c", "copy", "-bsf:v", "h264_mp4toannexb", *extra, "-f", "mpegts", str(path))
+    source.unlink()
+    return path
+
+
+def _write_ts_restart(path: Path) -> Path:
+    """Two 30-frame MPEG-TS files joined with ``cat``: the second's timestamps start again at the first's."""
+    parts = [
+        _to_mpegts(write_video(path.with_name(f".{path.stem}.{i}.mp4"), 30), path.with_suffix(f".{i}")) for i in (1, 2)
+    ]
+    path.write_bytes(b"".join(part.read_bytes() for part in parts))
+    for part in parts:
+        part.unlink()
+    return path
+
+
+def _write_size_change(path: Path) -> Path:
+    """30 frames of 144x256, then 30 of 72x128 timed to follow them (the muxers' start delays make the
+    join overlap by a frame or two, as splices do), in one MPEG-TS stream."""
+    first = _to_mpegts(write_video(path.with_name(f".{path.stem}.1.mp4"), 30), path.with_suffix(".1"))
+    small = write_video(path.with_name(f".{path.stem}.2.mp4"), 30, size=(CORPUS_HW[0] // 2, CORPUS_HW[1] // 2))
+    second = _to_mpegts(small, path.with_suffix(".2"), "-output_ts_offset", "1")
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    first.unlink()
+    second.unlink()
+    return path
+
+
+def _write_edit_list(path: Path) -> Path:
+    """120 frames (4 s, one keyframe) whose MP4 edit list skips the first 2 s: 60 frames are shown,
+    and the 60 before are in the file only for the decoder to reach them."""
+    source = write_video(path.with_name(f".{path.stem}.src.mp4"), 120, gop=300)
+    try:
+        run_ffmpeg("-ss", "2", "-i", str(source), "-c", "copy", str(path))
+    finally:
+        source.unlink()
+    return path
+
+
+def _write_annexb(path: Path) -> Path:
+    """A raw Annex-B H.264 stream of 30 frames at 30 fps: no container, so no timestamps at all."""
+    source = write_video(path.with_name(f".{path.stem}.src.mp4"), 30)
+    try:
+        run_ffmpeg("-i", str(source), "-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264", str(path))
+    finally:
+        source.unlink()
+    return path
+
+
+def _write_missing_pts(path: Path) -> Path:
+    """A 60-frame Matroska file whose frames are laced in pairs, with no default duration: the demuxer
+    gives the second frame of each lace no timestamp, so half the packets (B-frames among them) have none."""
+    source = write_video(path.with_name(f".{path.stem}.src.mkv"), 60)
+    try:
+        path.write_bytes(_laced_in_pairs(source.read_bytes()))
+    finally:
+        source.unlink()
+    return path
+
+
+# Matroska element IDs (with their length marker bits, as written).
+_EBML_HEADER, _SEGMENT, _SEEK_HEAD, _CUES = 0x1A45DFA3, 0x18538067, 0x114D9B74, 0x1C53BB6B
+_TRACKS, _TRACK_ENTRY, _DEFAULT_DURATION, _CLUSTER, _SIMPLE_BLOCK = 0x1654AE6B, 0xAE, 0x23E383, 0x1F43B675, 0xA3
+_CRC32 = 0xBF  # a checksum of the element's other children, which relacing changes
+
+
+def _laced_in_pairs(mkv: bytes) -> bytes:
+    """``mkv`` (one video track, as FFmpeg writes it) with every two SimpleBlocks of a cluster in one
+    Xiph-laced block and the track's DefaultDuration removed. Seek head and cues (byte positions)
+    and checksums, which all change, are dropped; the demuxer reads the clusters in order without them."""
+
+    def laced(blocks: list[bytes]) -> bytes:
+        if len(blocks) == 1:
+            return _ebml(_SIMPLE_BLOCK, blocks[0])
+        first, second = blocks  # each: track number (1 byte), relative time (2), flags (1), frame
+        size = len(first) - 4
+        sizes = b"\xff" * (size // 255) + bytes([size % 255])
+        return _ebml(_SIMPLE_BLOCK, first[:3] + bytes([first[3] | 0x02, 1]) + sizes + first[4:] + second[4:])
+
+    def cluster(body: bytes) -> bytes:
+        out, pending = [], []
+        for element_id, data in _ebml_elements(body):
+            if element_id == _CRC32:
+                continue
+            if element_id != _SIMPLE_BLOCK:
+                out.append(_ebml(element_id, data))
+                continue
+            pending.append(data)
+            if len(pending) == 2:
+                out.append(laced(pending))
+                pending = []
+        if pending:
+            out.append(laced(pending))
+        return b"".join(out)
+
+    def tracks(body: bytes) -> bytes:
+        entries = [(i, data) for i, data in _ebml_elements(body) if i != _CRC32]
+        return b"".join(_ebml(i, track_entry(data) if i == _TRACK_ENTRY else data) for i, data in entries)
+
+    def track_entry(body: bytes) -> bytes:
+        return b"".join(_ebml(i, data) for i, data in _ebml_elements(body) if i not in (_DEFAULT_DURATION, _CRC32))
+
+    segment = []
+    (_, header), (segment_id, body) = _ebml_elements(mkv)
+    assert segment_id == _SEGMENT, "expected the EBML header and one segment"
+    for element_id, data in _ebml_elements(body):
+        if element_id in (_SEEK_HEAD, _CUES):
+            continue
+        if element_id == _TRACKS:
+            data = tracks(data)
+        elif element_id == _CLUSTER:
+            data = cluster(data)
+        segment.append(_ebml(element_id, data))
+    return _ebml(_EBML_HEADER, header) + _ebml(_SEGMENT, b"".join(segment))
+
+
+def _ebml_vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int]:
+    """An EBML variable-length integer at ``pos``: (value, position after it)."""
+    length = 1
+    while not data[pos] & (0x80 >> (length - 1)):
+        length += 1
+    value = data[pos] if keep_marker else data[pos] & (0xFF >> length)
+    for byte in data[pos + 1 : pos + length]:
+        value = (value << 8) | byte
+    return value, pos + length
+
+
+def _ebml_elements(data: bytes) -> list[tuple[int, bytes]]:
+    """(element ID, body) of each element in ``data``, in order."""
+    elements, pos = [], 0
+    while pos < len(data):
+        element_id, pos = _ebml_vint(data, pos, keep_marker=True)
+        size, pos = _ebml_vint(data, pos, keep_marker=False)
+        elements.append((element_id, data[pos : pos + size]))
+        pos += size
+    return elements
+
+
+def _ebml(element_id: int, body: bytes) -> bytes:
+    """One EBML element, its size written in 8 bytes."""
+    return (
+        element_id.to_bytes((element_id.bit_length() + 7) // 8, "big") + (1 << 56 | len(body)).to_bytes(8, "big") + body
+    )
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:

@@ -4,7 +4,10 @@ One publish rule holds everywhere: a version is written in full under its own fo
 (``v-<UTC time>-<random>``), then the index that names it (``frames_file`` is relative to the shard
 folder) replaces the previous index in one step: a rename on a local disk, a single PUT on object
 storage. Readers that go through the index therefore see the old version or the new one, never a
-partial one. The version the previous index named is deleted after.
+partial one. The version the previous index named stays for ``REPLACED_VERSION_GRACE`` after it
+was replaced, so a reader that read the old index just before still finds its arrays: each index
+records the versions it replaced and when (``store.PublishedVersions``), and the first publish
+after their grace deletes them.
 
 Each shard is written on local disk first, in its work folder ``<staging>/.<key>.work``, where
 ``<staging>`` is the frames folder itself for a local root (so the version moves into place with a
@@ -12,8 +15,8 @@ rename) and ``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote
 ``flock`` on ``<staging>/.<key>.lock`` lets one writer at a time work on a shard there; the kernel
 releases it when a writer dies. Writers on different machines of a remote root cannot share that
 lock, and do not need it for safety: each uploads its own version folder, the last index written
-wins, and a writer deletes only the version it replaced and versions older than a day that no index
-names (what a writer killed mid-upload leaves).
+wins, and a writer deletes only versions whose grace has passed and versions older than a day that
+no index names (what a writer killed mid-upload leaves).
 
 The work folder's name is fixed so that the next run on the same machine finds what a killed one
 left: each finished video gets a marker (``.done/<video_id>.json``: its outcome, and its source's
@@ -23,6 +26,7 @@ source still agree.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -42,25 +46,41 @@ from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.store import (
     INDEX_NAME,
     INDEX_SCHEMA,
-    VERSION_KEY,
+    MANIFEST_HASH_KEY,
+    SHARD_SIZE_KEY,
     VERSION_PATTERN,
     FramesStore,
+    PublishedVersions,
     frames_problem,
     fsync,
     new_version,
-    published_version,
+    published_versions,
     replace_file,
     version_time,
 )
 
 # Unreferenced versions older than this are what a dead writer left, not a live writer's upload.
 STALE_VERSION_AGE = timedelta(days=1)
+# How long a replaced version stays readable. A reader that listed a shard's index (a training
+# epoch, a report over every shard) reads the arrays later the same day; a day covers it, and is
+# the age at which shared storage already takes a version no index names for abandoned. The cost:
+# a shard re-published within the day keeps its earlier frames (not videos) until then.
+REPLACED_VERSION_GRACE = timedelta(days=1)
 # Version of the finished-video markers: a resumed run trusts only markers in the format it writes.
-MARKER_FORMAT = 2
+MARKER_FORMAT = 3
 
 
 class ShardBusyError(RuntimeError):
     """Another process is writing the same shard right now."""
+
+
+class ShardUnwritableError(RuntimeError):
+    """The shard cannot be written where it lives: the folder is read-only or not ours, or the disk
+    (or quota) is full. Nothing changes until someone frees space or fixes permissions."""
+
+
+# The OSError numbers that mean ShardUnwritableError, rather than a passing fault worth a retry.
+UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class ShardWriter:
@@ -89,6 +109,8 @@ class ShardWriter:
             self.discard()
         self._adopt_earlier_version()
         self._done.mkdir(parents=True, exist_ok=True)
+        self._index: pa.Table | None = None
+        self._cut: dict[str, str] = {}
         self.published = False
 
     @property
@@ -150,21 +172,24 @@ class ShardWriter:
         fsync(path)
         return path
 
-    def write_index(self, records: Iterable[Mapping[str, Any]]) -> Path:
-        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard."""
-        table = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA.with_metadata({VERSION_KEY: self.version}))
-        path = self.dir / INDEX_NAME
-        pq.write_table(table, path)
-        fsync(path)
-        return path
+    def write_index(self, records: Iterable[Mapping[str, Any]], *, manifest_hash: str, shard_size: int) -> Path:
+        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard, with the manifest
+        version and shard size its rows were cut with (what ``FramesStore.published`` reads back)."""
+        self._index = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA)
+        self._cut = {MANIFEST_HASH_KEY: manifest_hash, SHARD_SIZE_KEY: str(shard_size)}
+        return self._write_index(PublishedVersions(self.version, {}))
 
     def publish(self) -> str:
         """Move the version into the store, then its index; returns the shard's location."""
         shard = self.store.shard_location(self.key)
-        index = self.dir / INDEX_NAME
-        if not index.is_file():
+        if self._index is None:
             raise RuntimeError(f"shard {self.key}: write_index before publish")
-        replaced = published_version(self.store, self.key)
+        before = published_versions(self.store, self.key)
+        now = datetime.now(UTC)
+        kept = {name: when for name, when in before.replaced.items() if now - when < REPLACED_VERSION_GRACE}
+        if before.version:
+            kept[before.version] = now
+        index = self._write_index(PublishedVersions(self.version, kept))
         if shard.is_local:
             Path(shard.path).mkdir(parents=True, exist_ok=True)
             fsync(self.version_dir)
@@ -175,7 +200,7 @@ class ShardWriter:
             _upload_folder(self.version_dir, shard.child(self.version))
             shard.fs.put_file(str(index), self.store.index_location(self.key).path)  # one PUT publishes the version
         self.published = True
-        self._remove_old_versions(shard, replaced)
+        self._remove_old_versions(shard, kept, expired=set(before.replaced) - set(kept))
         self.discard()
         return str(shard)
 
@@ -205,16 +230,27 @@ class ShardWriter:
             os.rename(earlier[0], self.version_dir)
         self.version_dir.mkdir(parents=True, exist_ok=True)
 
-    def _remove_old_versions(self, shard: Location, replaced: str | None) -> None:
-        """After publishing: a local shard is ours alone (the lock), so everything but the new version
-        and the index goes. On shared storage another machine may be uploading a version right now:
-        only the replaced version and stale unreferenced ones go."""
+    def _write_index(self, versions: PublishedVersions) -> Path:
+        assert self._index is not None
+        path = self.dir / INDEX_NAME
+        # Our own handle, closed even when the write fails: pyarrow's, given a path, stays open (on
+        # a deleted file, holding its space) for as long as the exception is kept.
+        with pa.OSFile(str(path), "wb") as sink:
+            pq.write_table(self._index.replace_schema_metadata(versions.metadata() | self._cut), sink)
+        fsync(path)
+        return path
+
+    def _remove_old_versions(self, shard: Location, kept: Mapping[str, datetime], expired: set[str]) -> None:
+        """After publishing: the new version and those in their grace (``kept``) stay. A local shard is
+        ours alone (the lock), so everything else goes. On shared storage another machine may be
+        uploading a version right now: only versions whose grace ``expired`` and stale unreferenced
+        ones go."""
         oldest_live = datetime.now(UTC) - STALE_VERSION_AGE
         for entry in shard.fs.ls(shard.path, detail=False):
             name = posixpath.basename(entry.rstrip("/"))
-            if name in (self.version, INDEX_NAME):
+            if name in (self.version, INDEX_NAME) or name in kept:
                 continue
-            if shard.is_local or name == replaced or (version_time(name) or oldest_live) < oldest_live:
+            if shard.is_local or name in expired or (version_time(name) or oldest_live) < oldest_live:
                 shard.fs.rm(shard.child(name).path, recursive=True)
 
     def _marker(self, video_id: str) -> dict[str, Any] | None:

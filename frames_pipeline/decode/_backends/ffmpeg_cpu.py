@@ -3,10 +3,16 @@
 Frames are never converted to RGB at full size: their Y'CbCr planes are read in place and reduced
 by ``resize.FrameShrinker`` as they arrive, then finished to RGB many frames at a time
 (``resize.ShrinkBatch``), which costs a fraction of swscale's full-size conversion.
+
+Every frame the decoder returns is kept, in the order it returns them (presentation order), as the
+ffmpeg CLI does. Packets go through the probe's ``PacketClock`` first, so a stream whose timestamps
+restart comes out on one increasing timeline; a frame without a timestamp keeps its place and gets
+one from ``_extract.steady_timestamps``, which every mode finishes with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from collections.abc import Iterator
@@ -20,7 +26,7 @@ from numpy.typing import NDArray
 from frames_pipeline.decode._backends import DamagedStream, FrameBatch
 from frames_pipeline.decode._errors import DecodeError, Reason
 from frames_pipeline.decode._options import DecodeOptions
-from frames_pipeline.decode._probe import VideoInfo, main_video_stream, open_container
+from frames_pipeline.decode._probe import FFMPEG_LOG, PacketClock, VideoInfo, main_video_stream, open_container
 from frames_pipeline.decode._resize import ColourSpec, FrameShrinker, ShrinkBatch
 
 # Planar Y'CbCr layouts read directly; anything else is converted to yuv444p first.
@@ -52,16 +58,20 @@ class FFmpegCPUBackend:
         previous_level = av.logging.get_level()
         av.logging.set_level(av.logging.WARNING)
         try:
+            # One decoding thread logs only on this thread, so its capture is this video's alone whatever
+            # else the process decodes or probes at the same time (decoder threads in a GPU worker).
             with (
+                FFMPEG_LOG if threaded else contextlib.nullcontext(),
                 open_container(info.path, allow_remote=options.allow_remote) as container,
-                av.logging.Capture(local=False) as log,
+                av.logging.Capture(local=not threaded) as log,
             ):
                 stream = main_video_stream(container, info.path)
                 stream.thread_type = "AUTO" if threaded else "SLICE"
                 stream.thread_count = self.threads if threaded else 1
                 stream.codec_context.options = {"max_pixels": str(options.max_pixels)}
                 damage_before = len(warnings)
-                for frame in _frames(container, stream, deadline, warnings, info.path):
+                clock = PacketClock(stream)
+                for frame in _frames(container, stream, clock, deadline, warnings, info.path):
                     batch.add(frame)
                     while batch.ready:
                         yield batch.take()
@@ -70,6 +80,7 @@ class FFmpegCPUBackend:
                     yield batch.take()
                 if threaded and (len(warnings) > damage_before or _errors(log)):
                     raise DamagedStream(info.path)
+                warnings.extend(clock.restarts)
                 warnings.extend(_messages(log))
         finally:
             av.logging.set_level(previous_level)
@@ -81,6 +92,7 @@ class FFmpegCPUBackend:
 def _frames(
     container: av.container.InputContainer,
     stream: av.VideoStream,
+    clock: PacketClock,
     deadline: float,
     warnings: list[str],
     path: str,
@@ -98,6 +110,7 @@ def _frames(
             warnings.append(f"input ends early: {exc}")
             break
         flushed = packet.size == 0  # demux ends with an empty packet, which drains the decoder
+        clock.place(packet)
         try:
             yield from packet.decode()
         except av.error.FFmpegError as exc:
@@ -112,11 +125,12 @@ def _frames(
 
 
 class _Batcher:
-    """Shrinks frames as they arrive, restores presentation order, and groups them into batches.
+    """Shrinks frames as they arrive, restores presentation order around damage, and groups them into batches.
 
     Frames are reduced on arrival and finished to RGB in arrival order, a ``ShrinkBatch`` at a time.
-    Decoders can emit frames out of order around damage; a small window sorted by pts puts the
-    finished frames back, and a frame that arrives after later ones were emitted is dropped with a warning.
+    Decoders can emit a frame or two out of order around damage; a small window sorted by pts puts
+    the finished frames back. A frame without a timestamp sorts right after the frame that arrived
+    before it and leaves with NaN, for ``steady_timestamps`` to fill. No frame is dropped.
     """
 
     _WINDOW = 16
@@ -127,13 +141,13 @@ class _Batcher:
         self.warnings = warnings
         self.frames: list[NDArray[np.uint8]] = []
         self.pts: list[float] = []
-        self._window: list[tuple[float, int, NDArray[np.uint8]]] = []
+        # (sort key, arrival, pts or NaN, frame): the key of a frame without pts is its predecessor's.
+        self._window: list[tuple[float, int, float, NDArray[np.uint8]]] = []
         self._arrivals = 0
-        self._last_pts = -np.inf
-        self._late = 0
+        self._last_key = -np.inf
         self._shape: tuple[str, int, int] | None = None
         self._shrink: ShrinkBatch | None = None
-        self._shrinking: list[tuple[float, int]] = []  # (pts, arrival) of the frames in ``_shrink``
+        self._shrinking: list[tuple[float, int, float]] = []  # (key, arrival, pts) of the frames in ``_shrink``
 
     @property
     def pending(self) -> bool:
@@ -149,8 +163,10 @@ class _Batcher:
             frame = frame.reformat(format="yuv444p")
         shrink = self._shrink_for(frame)
         shrink.add(*_planes(frame))
-        pts = frame.time if frame.time is not None else self._arrivals / max(self.info.fps_from_content, 1e-9)
-        self._shrinking.append((pts, self._arrivals))
+        pts = np.nan if frame.time is None else frame.time
+        if frame.time is not None:
+            self._last_key = pts
+        self._shrinking.append((self._last_key, self._arrivals, pts))
         self._arrivals += 1
         if shrink.full:
             self._finish()
@@ -159,8 +175,6 @@ class _Batcher:
         self._finish()
         while self._window:
             self._emit(heapq.heappop(self._window))
-        if self._late:
-            self.warnings.append(f"dropped {self._late} frame(s) that arrived after later ones (damaged stream)")
 
     def take(self) -> FrameBatch:
         size = self.options.batch_size
@@ -171,18 +185,14 @@ class _Batcher:
     def _finish(self) -> None:
         if self._shrink is None or not self._shrinking:
             return
-        for (pts, arrival), small in zip(self._shrinking, self._shrink.finish(), strict=True):
-            heapq.heappush(self._window, (pts, arrival, small))
+        for (key, arrival, pts), small in zip(self._shrinking, self._shrink.finish(), strict=True):
+            heapq.heappush(self._window, (key, arrival, pts, small))
             if len(self._window) > self._WINDOW:
                 self._emit(heapq.heappop(self._window))
         self._shrinking = []
 
-    def _emit(self, item: tuple[float, int, NDArray[np.uint8]]) -> None:
-        pts, _, small = item
-        if pts <= self._last_pts:
-            self._late += 1
-            return
-        self._last_pts = pts
+    def _emit(self, item: tuple[float, int, float, NDArray[np.uint8]]) -> None:
+        _, _, pts, small = item
         self.frames.append(small)
         self.pts.append(pts)
 
@@ -200,6 +210,7 @@ class _Batcher:
                 output_hw=self.options.output_hw,
                 colour=ColourSpec.from_ffmpeg(frame.colorspace, frame.color_range, bits),
                 rotation=self.info.rotation,
+                mirrored=self.info.mirrored,
             )
             self._shrink = ShrinkBatch(shrinker)
             self._shape = shape

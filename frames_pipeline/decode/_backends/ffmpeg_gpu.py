@@ -4,7 +4,7 @@ The cuvid decoder's ``-resize`` makes NVDEC write each picture at 4x the output 
 like PyNvVideoCodec's, aliases below that), so only small frames reach system memory and the pipe;
 ``resize.FrameShrinker`` finishes the area resize like every mode. On an H100 this ran 10-14% faster
 than ``-hwaccel cuda`` with a ``scale_cuda`` step (which also needs CUDA cores and a JIT warm-up).
-Timestamps come from ``showinfo`` on the small frames; rotation is applied by us, not by ffmpeg.
+Timestamps come from ``showinfo`` on the small frames; rotation and mirroring are applied by us, not by ffmpeg.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ class FFmpegGPUBackend:
             options.output_hw,
             replace(info.colour, bit_depth=16 if wide else 8),
             info.rotation,
+            info.mirrored,
         )
         process = subprocess.Popen(
             args,

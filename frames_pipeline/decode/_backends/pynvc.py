@@ -179,6 +179,7 @@ class _NV12Batch:
         self._geometry: tuple[str, int, int] | None = None
         self._colour = info.colour
         self._rotation = info.rotation
+        self._mirrored = info.mirrored
 
     @property
     def pending(self) -> bool:
@@ -210,7 +211,9 @@ class _NV12Batch:
             # 16-bit formats hold the samples in their high bits: read them as 16-bit codes.
             bits = 8 * stack.dtype.itemsize
             colour = replace(self._colour, bit_depth=bits)
-            self._shrinker = FrameShrinker((height, cols), chroma_hw, self.options.output_hw, colour, self._rotation)
+            self._shrinker = FrameShrinker(
+                (height, cols), chroma_hw, self.options.output_hw, colour, self._rotation, self._mirrored
+            )
         batch = FrameBatch(self._shrinker(y, u, v), np.asarray(self.pts, dtype=np.float64))
         self.frames, self.pts = [], []
         return batch
