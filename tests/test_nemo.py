@@ -98,10 +98,24 @@ def test_custom_values_are_kept(flavour: Flavour) -> None:
     assert stage.decode_options.output_hw == (100, 200) and stage.decode_options.batch_size == 32
 
 
-def test_nemos_ffmpeg_mode_means_cpu_ffmpeg_with_a_warning(flavour: Flavour) -> None:
-    with pytest.warns(FutureWarning, match="decoder_mode='ffmpeg' is deprecated.*'ffmpeg_cpu'"):
+def test_nemos_ffmpeg_mode_means_cpu_ffmpeg_with_a_warning_at_the_callers_line(flavour: Flavour) -> None:
+    with pytest.warns(DeprecationWarning, match="decoder_mode='ffmpeg' is deprecated.*'ffmpeg_cpu'") as caught:
         stage = flavour.stage(decoder_mode="ffmpeg")
     assert stage.decoder_mode == "ffmpeg" and stage.decode_options.mode == "ffmpeg_cpu"
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_a_script_using_the_ffmpeg_mode_is_shown_the_deprecation(flavour: Flavour, tmp_path: Path) -> None:
+    """Python's default filters show a DeprecationWarning only when it is attributed to __main__."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(
+        f"from {flavour.stage.__module__} import VideoFrameExtractionStage\n"
+        'VideoFrameExtractionStage(decoder_mode="ffmpeg")\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{script}:2: DeprecationWarning: decoder_mode='ffmpeg' is deprecated" in done.stderr
 
 
 def test_a_string_that_is_no_mode_is_refused_with_the_valid_ones(flavour: Flavour) -> None:

@@ -78,7 +78,7 @@ def test_resources_per_mode_are_nemos(
 
 
 def test_the_deprecated_ffmpeg_mode_gets_the_cpu_resources() -> None:
-    with pytest.warns(FutureWarning):
+    with pytest.warns(DeprecationWarning):
         stage = VideoFrameExtractionStage(decoder_mode="ffmpeg")
     assert stage.resources.cpus == 4.0 and stage.ray_data_num_cpus == 1.0
 

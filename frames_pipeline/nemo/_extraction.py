@@ -4,6 +4,7 @@ worker, the failure counts, and NeMo's ``get_frames_from_ffmpeg``."""
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -29,6 +30,9 @@ logger = logging.getLogger("frames_pipeline.nemo")
 # Mode names NeMo Curator accepts that are not ours: NeMo runs CPU ffmpeg for every mode but
 # "pynvc" and "ffmpeg_gpu", and its docs and tests pass "ffmpeg".
 DEPRECATED_MODES = {"ffmpeg": "ffmpeg_cpu"}
+# Where the frames that build a stage run: this package (the stages' dataclass ``__init__`` runs in their
+# module's globals) and nemo_curator (the ProcessingStage metaclass's ``__call__``).
+_CONSTRUCTION_PACKAGES = (__name__.rpartition(".")[0] + ".", "nemo_curator.")
 
 
 def decode_mode_for(decoder_mode: str) -> str:
@@ -36,12 +40,12 @@ def decode_mode_for(decoder_mode: str) -> str:
     that is no mode at all raises ValueError naming the valid ones."""
     if decoder_mode in DEPRECATED_MODES:
         mode = DEPRECATED_MODES[decoder_mode]
-        # FutureWarning, not DeprecationWarning: Python hides the latter outside __main__, and the
-        # people to tell are the ones running a pipeline script.
+        # Python's default filters show a DeprecationWarning only where it is attributed to __main__, so
+        # it must name the line that built the stage (a pipeline script's), not one in this package.
         warnings.warn(
             f"decoder_mode={decoder_mode!r} is deprecated; it means {mode!r}: pass decoder_mode={mode!r}",
-            FutureWarning,
-            stacklevel=2,
+            DeprecationWarning,
+            stacklevel=_stage_builders_level(),
         )
         return mode
     if decoder_mode not in DECODE_MODES:
@@ -50,6 +54,15 @@ def decode_mode_for(decoder_mode: str) -> str:
             f"unknown decoder_mode {decoder_mode!r}; valid modes: {', '.join(DECODE_MODES)}, and {deprecated}"
         )
     return decoder_mode
+
+
+def _stage_builders_level() -> int:
+    """The ``stacklevel`` of ``decode_mode_for``'s warning that names the code that built the stage:
+    the first frame outside the packages of ``_CONSTRUCTION_PACKAGES``."""
+    level, frame = 2, sys._getframe(2)  # stacklevel 2 is decode_mode_for's caller
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_CONSTRUCTION_PACKAGES):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 @dataclass
