@@ -1,15 +1,21 @@
-"""Shared fixtures: the real-video edge corpus, an S3 endpoint on 127.0.0.1, and skipping ``gpu``
-tests on machines without CUDA."""
+"""Shared fixtures: the real-video edge corpus, an S3 endpoint and a Ray head on 127.0.0.1, and
+skipping ``gpu`` tests on machines without CUDA."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -119,3 +125,78 @@ def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir(bucket)
     return f"s3://{bucket}/data"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A running local Ray head: ``jobs_address`` for job submission, ``gcs_address`` for
+    ``ray.init`` (RAY_ADDRESS), ``logs`` the folder its processes log into."""
+
+    jobs_address: str
+    gcs_address: str
+    logs: Path
+
+
+@pytest.fixture
+def ray_head(request: pytest.FixtureRequest) -> Iterator[RayHead]:
+    """A one-node Ray cluster on 127.0.0.1 with 2 logical CPUs (``indirect`` parametrization gives
+    another count). Stopped by killing the process group it was started in, so no other Ray on the
+    machine is touched (``ray stop`` would)."""
+    from ray.job_submission import JobSubmissionClient
+
+    num_cpus = getattr(request, "param", 2)
+    gcs, dashboard, client, agent = free_ports(4)
+    # A short temp dir: Ray's unix socket paths must stay under 108 bytes. Ray replaces 127.0.0.1 with
+    # the host's address unless it thinks it is on a laptop; this setting keeps every port on loopback.
+    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMES_PIPELINE_", "RAY_ADDRESS"))} | {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Ray jobs run `dagster api execute_step` through a shell: this venv's bin must be on PATH even
+        # when the tests run as `.venv/bin/python -m pytest` without activating it.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        f"--num-cpus={num_cpus}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    head = subprocess.Popen(
+        command, env=env, cwd=temp_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                JobSubmissionClient(address)
+                break
+            except ConnectionError:
+                assert head.poll() is None, f"ray start exited with {head.returncode}"
+                assert time.monotonic() < deadline, "Ray's job server did not come up in 90 s"
+                time.sleep(0.5)
+        yield RayHead(jobs_address=address, gcs_address=f"127.0.0.1:{gcs}", logs=Path(temp_dir))
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)

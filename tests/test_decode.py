@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from frames_pipeline.decode import (
     DecodeError,
     DecodeOptions,
     Reason,
+    VideoBytes,
     extract_frames,
     extract_to_file,
     probe,
@@ -27,6 +29,7 @@ from frames_pipeline.decode import _extract as extract_module
 from frames_pipeline.decode._backends import FrameBatch
 from frames_pipeline.decode._cuda import cuda_device_count
 from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
+from frames_pipeline.decode._input_policy import inherited_fds, readable_path
 from frames_pipeline.demo.clips import CORPUS_HW, expected_quadrant_colours, quadrant_means, vfr_timestamps
 
 MAX_MAD = 4.0  # mean absolute difference (of 255) allowed against the reference
@@ -173,6 +176,54 @@ def test_gpu_modes_match_cpu(edge_corpus: dict[str, Path], mode: str, case: str)
     assert gpu.frames.shape == cpu.frames.shape
     np.testing.assert_allclose(gpu.pts_s, cpu.pts_s, atol=1e-3)
     assert mad(gpu.frames, cpu.frames) <= MAX_MAD
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["pynvc", "ffmpeg_gpu"])
+def test_gpu_modes_decode_videos_held_in_memory(edge_corpus: dict[str, Path], mode: str) -> None:
+    path = edge_corpus["pattern"]
+    from_file = extract_frames(path, mode=mode, fallback_to_cpu=False)
+    in_memory = extract_frames(VideoBytes(str(path), path.read_bytes()), mode=mode, fallback_to_cpu=False)
+    assert in_memory.decode_mode == mode
+    assert in_memory.frames is not None and from_file.frames is not None
+    assert np.array_equal(in_memory.frames, from_file.frames)
+
+
+# Every corpus file that is not about paths (missing files, symlinks out of the allowed roots).
+IN_MEMORY_CASES = [
+    *("pattern", "vfr", "rotated_90", "hevc_10bit", "cover_art", "truncated", "corrupt", "no_moov", "garbage"),
+    *("empty", "audio_only", "still_image", "zero_frames", "bomb", "playlist", "ffconcat"),
+]
+
+
+@pytest.mark.parametrize("case", IN_MEMORY_CASES)
+def test_a_video_in_memory_decodes_as_its_file_does(edge_corpus: dict[str, Path], case: str) -> None:
+    path = edge_corpus[case]
+    in_memory = VideoBytes(f"s3://bucket/{path.name}", path.read_bytes())
+    try:
+        from_file = extract_frames(path, mode="ffmpeg_cpu")
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as caught:
+            extract_frames(in_memory, mode="ffmpeg_cpu")
+        assert caught.value.reason == exc.reason
+        assert caught.value.path == in_memory.name and "/proc/self/fd" not in caught.value.message
+        return
+    result = extract_frames(in_memory, mode="ffmpeg_cpu")
+    assert result.frames is not None and from_file.frames is not None
+    assert np.array_equal(result.frames, from_file.frames)
+    assert np.array_equal(result.pts_s, from_file.pts_s)
+    assert result.info.path == in_memory.name
+    assert not any("/proc/self/fd" in line for line in result.warnings)
+
+
+def test_a_video_in_memory_is_read_from_a_memfd_not_a_file_on_disk(edge_corpus: dict[str, Path]) -> None:
+    data = edge_corpus["pattern"].read_bytes()
+    with readable_path(VideoBytes("clip.mp4", data)) as path:
+        assert os.readlink(path).startswith("/memfd:")
+        assert Path(path).read_bytes() == data
+        assert inherited_fds(path) == (int(path.rsplit("/", 1)[1]),)  # what a child ffmpeg is handed
+    assert not Path(path).exists()
+    assert inherited_fds(str(edge_corpus["pattern"])) == ()
 
 
 @pytest.mark.parametrize(

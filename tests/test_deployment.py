@@ -3,19 +3,15 @@
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from conftest import RayHead
 from dagster_k8s import DagsterK8sJobConfig, construct_dagster_k8s_job
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import get_user_defined_k8s_config
@@ -201,67 +197,6 @@ CLIPS = {"a": {"a0": 6, "a1": 7}, "b": {"b0": 8, "b1": 5}}  # manifest stem -> {
 RAY_TEST_LIMIT_S = 240
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-@pytest.fixture
-def ray_head() -> Iterator[str]:
-    """A one-node Ray cluster on 127.0.0.1; yields the job submission address. Stopped by killing the
-    process group it was started in, so no other Ray on the machine is touched (``ray stop`` would)."""
-    gcs, dashboard, client, agent = free_ports(4)
-    # A short temp dir: Ray's unix socket paths must stay under 108 bytes. Ray replaces 127.0.0.1 with
-    # the host's address unless it thinks it is on a laptop; this setting keeps every port on loopback.
-    temp_dir = tempfile.mkdtemp(prefix="ray-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMES_PIPELINE_", "RAY_ADDRESS"))} | {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        # Ray jobs run `dagster api execute_step` through a shell: this venv's bin must be on PATH even
-        # when the tests run as `.venv/bin/python -m pytest` without activating it.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    command = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={gcs}",
-        "--num-cpus=2",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={client}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]
-    head = subprocess.Popen(
-        command, env=env, cwd=temp_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                JobSubmissionClient(address)
-                break
-            except ConnectionError:
-                assert head.poll() is None, f"ray start exited with {head.returncode}"
-                assert time.monotonic() < deadline, "Ray's job server did not come up in 90 s"
-                time.sleep(0.5)
-        yield address
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 def write_shards(videos: Path, data_root: str) -> dict[str, dict[str, int]]:
     """Tiny H.264 clips in ``videos`` and one manifest per stem under ``data_root`` (a bucket);
     returns {shard key: {video: frames}}."""
@@ -278,7 +213,7 @@ def write_shards(videos: Path, data_root: str) -> dict[str, dict[str, int]]:
 @pytest.mark.slow
 @pytest.mark.timeout(2 * RAY_TEST_LIMIT_S)
 def test_ray_executor_materializes_two_shards(
-    ray_head: str, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_head: RayHead, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Steps run as Ray jobs and share the data root the way separate machines would: through S3."""
     started = time.monotonic()
@@ -299,7 +234,7 @@ def test_ray_executor_materializes_two_shards(
         EXECUTOR_ENV: "ray",
         MODE_ENV: "ffmpeg_cpu",
         "FRAMES_PIPELINE_DATA": s3_root,
-        "RAY_ADDRESS": ray_head,
+        "RAY_ADDRESS": ray_head.jobs_address,
         "DAGSTER_HOME": str(home),
     }
     execute = [Path(sys.executable).with_name("dagster"), "job", "execute", "-m", "frames_pipeline.definitions"]
@@ -319,7 +254,7 @@ def test_ray_executor_materializes_two_shards(
         assert run.returncode == 0, output[-4000:]
 
     # Every step ran as a Ray job, and succeeded there.
-    jobs = JobSubmissionClient(ray_head).list_jobs()
+    jobs = JobSubmissionClient(ray_head.jobs_address).list_jobs()
     assert sorted(j.metadata["dagster/op"] for j in jobs) == sorted(["video_manifest", "video_frames"] * len(shards))
     assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import frames_pipeline.decode._pool as pool_module
-from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, extract_frames
+from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, WorkerStartError, extract_frames
 from frames_pipeline.demo.clips import write_video
 
 
@@ -55,6 +55,29 @@ def test_outcomes_are_values(edge_corpus: dict[str, Path], tmp_path: Path) -> No
     bad = outcomes["bad"]
     assert not bad.ok and bad.status == "failed" and bad.error_reason == "not_a_video" and bad.error
     assert not (tmp_path / "bad.npy").exists()
+
+
+def test_a_job_with_bytes_is_decoded_from_them(edge_corpus: dict[str, Path], tmp_path: Path) -> None:
+    data = edge_corpus["pattern"].read_bytes()
+    job = VideoJob("mem", "s3://bucket/pattern.mp4", str(tmp_path / "mem.npy"), data=data)
+    with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=1) as pool:
+        [outcome] = pool.run([job])
+    assert outcome.ok and outcome.num_frames == 30 and outcome.source == "s3://bucket/pattern.mp4"
+    assert np.array_equal(np.load(tmp_path / "mem.npy"), extract_frames(edge_corpus["pattern"]).frames)
+    assert "data" not in repr(job)  # a log line of a job does not print the video
+
+
+def test_a_worker_that_cannot_start_fails_start_with_its_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "_worker_main", _exit_at_once)
+    pool = DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=2)
+    started = time.monotonic()
+    with pytest.raises(WorkerStartError, match=r"exited while starting \(exit code 3\)"):
+        pool.start()
+    assert time.monotonic() - started < 30 and pool._pool == []
+
+
+def _exit_at_once(*_args: object) -> None:
+    os._exit(3)
 
 
 def test_dead_worker_is_replaced_and_its_video_retried(long_clip: Path, tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from numpy.typing import NDArray
 from frames_pipeline.decode._backends import Backend, DamagedStream, FrameBatch, create_backend
 from frames_pipeline.decode._cuda import cuda_unavailable_reason
 from frames_pipeline.decode._errors import DecodeError, Reason, printable
+from frames_pipeline.decode._input_policy import VideoSource, readable_path, source_name
 from frames_pipeline.decode._npy import NpyStreamWriter, pts_path, save_npy_atomic
 from frames_pipeline.decode._options import GPU_MODES, DecodeOptions, with_overrides
-from frames_pipeline.decode._probe import VideoInfo, probe
+from frames_pipeline.decode._probe import VideoInfo, probe_readable
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,17 @@ class _Decoded:
         )
 
 
-def _decode(source: str | os.PathLike[str], options: DecodeOptions, open_sink: Any) -> _Decoded:
+def _decode(source: VideoSource, options: DecodeOptions, open_sink: Any) -> _Decoded:
+    with readable_path(source, allow_remote=options.allow_remote, allowed_roots=options.allowed_roots) as path:
+        decoded = _decode_readable(path, options, open_sink)
+    decoded.info = replace(decoded.info, path=source_name(source, decoded.info.path))
+    decoded.warnings = [source_name(source, line) for line in decoded.warnings]
+    return decoded
+
+
+def _decode_readable(path: str, options: DecodeOptions, open_sink: Any) -> _Decoded:
     deadline = time.monotonic() + options.timeout_s
-    info = probe(source, options=options)
+    info = probe_readable(path, options)
     mode, fallback_reason = choose_mode(options, info)
     while True:
         warnings: list[str] = []
@@ -255,10 +264,8 @@ def _discard(sink: Any) -> None:
         sink.abort()
 
 
-def extract_frames(
-    source: str | os.PathLike[str], *, options: DecodeOptions | None = None, **overrides: Any
-) -> FrameResult:
-    """Decode ``source`` into memory. Keyword arguments override fields of ``options``
+def extract_frames(source: VideoSource, *, options: DecodeOptions | None = None, **overrides: Any) -> FrameResult:
+    """Decode ``source`` (a path, or ``VideoBytes``) into memory. Keyword arguments override fields of ``options``
     (``output_hw``, ``mode``, ``gpu_id``, ``timeout_s``, ...). Raises DecodeError with a reason."""
     opts = with_overrides(options, overrides)
     started = time.perf_counter()
@@ -267,7 +274,7 @@ def extract_frames(
 
 
 def extract_to_file(
-    source: str | os.PathLike[str],
+    source: VideoSource,
     out_path: str | os.PathLike[str],
     *,
     options: DecodeOptions | None = None,

@@ -1,4 +1,5 @@
-"""Which inputs a decode may read: local regular files, inside the allowed roots, not playlists.
+"""Which inputs a decode may read: local regular files, inside the allowed roots, not playlists; or
+a whole video file held in memory.
 
 FFmpeg follows URLs inside playlists (HLS, DASH), concat scripts and protocol prefixes
 (``http:``, ``concat:``, ``subfile:``). Refusing them here, before any demuxer sees the file, is
@@ -11,10 +12,12 @@ regular but block in ``read()``; they report a size of 0, which is refused befor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from frames_pipeline.decode._errors import DecodeError, Reason
@@ -39,6 +42,24 @@ _NOT_REGULAR = (
 )
 # Demuxers that read other files or URLs named inside the input.
 INDIRECT_FORMATS = frozenset({"hls", "applehttp", "dash", "concat", "ffconcat", "smil", "imf", "tee", "mpjpeg"})
+
+
+# How a video held in memory is named to the decoders: its memfd, which FFmpeg, PyNvVideoCodec and a
+# child ffmpeg (given the descriptor) open and seek like any file, with nothing written to disk.
+_MEMORY_PATH = re.compile(r"^/proc/self/fd/(\d+)$")
+_MEMORY_PATH_IN_TEXT = re.compile(r"/proc/self/fd/\d+")
+
+
+@dataclass(frozen=True)
+class VideoBytes:
+    """A whole video file held in memory (NeMo Curator hands videos over as ``source_bytes``);
+    ``name`` is how messages and records name it (its original path or URL)."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+
+VideoSource = str | os.PathLike[str] | VideoBytes
 
 
 def is_url(text: str) -> bool:
@@ -70,10 +91,7 @@ def resolve_source(
         raise DecodeError(
             Reason.OUTSIDE_ALLOWED_ROOTS, f"resolves to {real}, outside {list(map(str, allowed_roots))}", path=text
         )
-    head = _read_head(real, text)
-    for magic, what in _INDIRECT_MAGIC:
-        if head.startswith(magic) and not allow_remote:
-            raise DecodeError(Reason.REMOTE_INPUT, f"{what} names other inputs; refused", path=text)
+    _check_head(_read_head(real, text), allow_remote=allow_remote, name=text)
     return str(real)
 
 
@@ -97,9 +115,6 @@ def _read_head(real: Path, text: str) -> bytes:
         raise DecodeError(Reason.NOT_FOUND, f"cannot read: {exc}", path=text) from None
     finally:
         os.close(fd)
-    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if not head:
-        raise DecodeError(Reason.NOT_A_VIDEO, "empty file", path=text)
     return head
 
 
@@ -111,3 +126,50 @@ def _require_regular_with_data(status: os.stat_result, text: str) -> None:
         raise DecodeError(Reason.NOT_A_VIDEO, "not a regular file", path=text)
     if status.st_size == 0:
         raise DecodeError(Reason.NOT_A_VIDEO, "empty file (or a kernel file whose reads can block)", path=text)
+
+
+def _check_head(head: bytes, *, allow_remote: bool, name: str) -> None:
+    """Refuse an empty input, and one whose first bytes are a playlist or script naming other inputs."""
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not head:
+        raise DecodeError(Reason.NOT_A_VIDEO, "empty file", path=name)
+    for magic, what in _INDIRECT_MAGIC:
+        if head.startswith(magic) and not allow_remote:
+            raise DecodeError(Reason.REMOTE_INPUT, f"{what} names other inputs; refused", path=name)
+
+
+@contextlib.contextmanager
+def readable_path(
+    source: VideoSource,
+    *,
+    allow_remote: bool = False,
+    allowed_roots: Sequence[str | os.PathLike[str]] = (),
+) -> Iterator[str]:
+    """The path the decoders open for ``source``, valid inside the ``with`` block: a file's real path
+    (see ``resolve_source``), or for ``VideoBytes`` a memfd that holds the bytes until the block ends;
+    a DecodeError raised in the block then names the video, not the memfd."""
+    if not isinstance(source, VideoBytes):
+        yield resolve_source(source, allow_remote=allow_remote, allowed_roots=allowed_roots)
+        return
+    _check_head(source.data[:64], allow_remote=allow_remote, name=source.name)
+    fd = os.memfd_create("frames_pipeline_video")
+    path = f"/proc/self/fd/{fd}"
+    try:
+        with open(fd, "wb", closefd=False) as memory:
+            memory.write(source.data)
+        yield path
+    except DecodeError as exc:
+        raise DecodeError(exc.reason, exc.message.replace(path, source.name), path=source.name) from None
+    finally:
+        os.close(fd)
+
+
+def source_name(source: VideoSource, text: str) -> str:
+    """``text`` (a message or path from decoding ``source``) with a memfd path replaced by the video's name."""
+    return _MEMORY_PATH_IN_TEXT.sub(source.name, text) if isinstance(source, VideoBytes) else text
+
+
+def inherited_fds(path: str) -> tuple[int, ...]:
+    """The descriptors a child process needs to open ``path`` (a memfd from ``readable_path``), or ()."""
+    match = _MEMORY_PATH.match(path)
+    return (int(match[1]),) if match else ()

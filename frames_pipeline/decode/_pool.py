@@ -18,17 +18,19 @@ import itertools
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from frames_pipeline.decode._cuda import cuda_device_count
 from frames_pipeline.decode._errors import DecodeError, Reason, printable
 from frames_pipeline.decode._extract import FrameResult, close_backends, extract_to_file, preferred_mode
+from frames_pipeline.decode._input_policy import VideoBytes
 from frames_pipeline.decode._npy import pts_path, remove_partials
 from frames_pipeline.decode._options import GPU_MODES, DecodeOptions
 from frames_pipeline.decode._probe import VideoInfo
@@ -42,6 +44,11 @@ _HARD_DEADLINE_MARGIN_S = 30.0
 # 1080p H.264): 7 threads of one process gave 2,421 frames/s, 7 processes 2,120; 14 threads 2,821,
 # and 14 processes starting at once queue for 1.9 s on CUDA context creation before their first frame.
 GPU_THREADS_PER_PROCESS = 7
+# A new worker says so once its imports are done; one that has not within this long is broken.
+_START_LIMIT_S = 120.0
+_READY = "ready"
+# The exit code of a worker that found itself running its parent's main module again (below).
+_RERUN_EXIT_CODE = 78
 # A GPU whose processes die this many times in a row, with no video finished between, is taken
 # out of the pool: its processes are restarted on the other GPUs, or to decode on CPU.
 _CRASHES_BEFORE_GPU_IS_DOWN = 2
@@ -49,11 +56,16 @@ _CRASHES_BEFORE_GPU_IS_DOWN = 2
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One video to decode: ``output`` is the frames .npy path (timestamps go beside it)."""
+    """One video to decode: ``output`` is the frames .npy path (timestamps go beside it).
+
+    With ``data`` (a whole video file's bytes) the worker decodes those bytes in memory and
+    ``source`` only names the video; without it ``source`` is the path to read.
+    """
 
     key: str
     source: str
     output: str
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -246,6 +258,7 @@ def _worker_main(conn: Connection, options: DecodeOptions, parent: int, threads:
     for decoder in decoders:
         decoder.start()
     try:
+        conn.send(_READY)
         while (message := conn.recv()) is not None:
             inbox.put(message)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent stopped us, or is gone
@@ -260,8 +273,9 @@ def _worker_main(conn: Connection, options: DecodeOptions, parent: int, threads:
 def _decode_assignment(assignment: _Assignment, options: DecodeOptions) -> VideoOutcome:
     job = assignment.job
     started, started_at = time.perf_counter(), time.time()
+    source = job.source if job.data is None else VideoBytes(job.source, job.data)
     try:
-        result = extract_to_file(job.source, job.output, options=replace(options, mode=assignment.mode))
+        result = extract_to_file(source, job.output, options=replace(options, mode=assignment.mode))
     except DecodeError as exc:
         return VideoOutcome.failure(job, options.mode, exc, time.perf_counter() - started, started_at)
     except Exception as exc:  # a bug must cost one video, not the worker
@@ -282,6 +296,16 @@ class _Worker:
             self.process.start()
         child.close()
         self.in_flight: dict[int, _InFlight] = {}
+
+    def wait_ready(self) -> None:
+        """Return once the worker has started; raise WorkerStartError if it exits or hangs first."""
+        ready = wait([self.conn, self.process.sentinel], timeout=_START_LIMIT_S)
+        if self.conn in ready:
+            with contextlib.suppress(EOFError, OSError):
+                if self.conn.recv() == _READY:
+                    return
+        self.stop(kill=True)
+        raise WorkerStartError(_start_failure(self.process.exitcode if ready else None))
 
     @property
     def jobs(self) -> list[VideoJob]:
@@ -312,6 +336,38 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+
+class WorkerStartError(RuntimeError):
+    """A decoder worker process did not start; the message says why and what to do."""
+
+
+def _main_module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else str(getattr(main, "__file__", "the main module"))
+
+
+def _start_failure(exitcode: int | None) -> str:
+    if exitcode == _RERUN_EXIT_CODE:
+        return (
+            f"decoder workers cannot start: they start with the 'spawn' method, which runs {_main_module_name()} "
+            "again in each worker, and there it starts decoding (a DecoderPool, or the NeMo stage's setup()) "
+            'at import time. Put the code that runs the pipeline under `if __name__ == "__main__":`.'
+        )
+    if exitcode is None:
+        return f"a decoder worker did not start within {_START_LIMIT_S:.0f} s (killed)"
+    return f"a decoder worker exited while starting (exit code {exitcode}); its error is on stderr"
+
+
+def _refuse_rerun_of_main() -> None:
+    """End this process at once if it is a spawned worker still importing its parent's main module:
+    that module has no ``__main__`` guard and would otherwise go on to run the whole job again here
+    (and then fail with a message about bootstrapping); the parent turns the exit code into advice."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        sys.stderr.write("frames_pipeline: a decoder worker found its parent's main module starting decoders again\n")
+        sys.stderr.flush()
+        os._exit(_RERUN_EXIT_CODE)
 
 
 @contextlib.contextmanager
@@ -364,6 +420,7 @@ class DecoderPool:
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        _refuse_rerun_of_main()
         if processes is not None and not 1 <= processes <= workers:
             raise ValueError(f"processes must be between 1 and workers ({workers}), got {processes}")
         options = options or DecodeOptions()
@@ -391,8 +448,16 @@ class DecoderPool:
         self._tokens = itertools.count()
 
     def start(self) -> DecoderPool:
-        while len(self._pool) < self.processes:
-            self._pool.append(self._new_worker(len(self._pool)))
+        """Start the worker processes and wait until each has started (they start side by side);
+        raises WorkerStartError, with what to do, if one cannot."""
+        fresh = [self._new_worker(slot) for slot in range(len(self._pool), self.processes)]
+        self._pool.extend(fresh)
+        try:
+            for worker in fresh:
+                worker.wait_ready()
+        except WorkerStartError:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -459,7 +524,9 @@ class DecoderPool:
         for i, assignment in enumerate(pending):
             if self._gpu_bound(assignment) and not usable - assignment.tried_gpus:
                 down = ", ".join(map(str, sorted(self.gpus_down)))
-                why = f"GPU {down} taken out after repeated crashes" if down else "no GPU left to try"
+                # A pool that never had a GPU says why (the host's reason), not that none is left.
+                left = self.mode_reason or "no GPU left to try"
+                why = f"GPU {down} taken out after repeated crashes" if down else left
                 pending[i] = replace(assignment, mode="ffmpeg_cpu", retry_reason=assignment.retry_reason or why)
         for worker in list(self._pool):
             taken = [a for a in pending if worker.accepts(a, self._gpu_bound(a), usable)][: worker.free]
@@ -548,6 +615,7 @@ class DecoderPool:
         slot = self._pool.index(worker)
         fresh = self._new_worker(slot)
         self._pool[slot] = fresh
+        fresh.wait_ready()
         return fresh
 
 

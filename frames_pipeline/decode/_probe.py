@@ -19,7 +19,7 @@ import numpy as np
 from av.sidedata.sidedata import Type
 
 from frames_pipeline.decode._errors import DecodeError, Reason
-from frames_pipeline.decode._input_policy import INDIRECT_FORMATS, resolve_source
+from frames_pipeline.decode._input_policy import INDIRECT_FORMATS, VideoSource, readable_path, source_name
 from frames_pipeline.decode._options import DecodeOptions, with_overrides
 from frames_pipeline.decode._resize import ColourSpec
 
@@ -152,8 +152,9 @@ def main_video_stream(container: av.container.InputContainer, path: str) -> av.V
     )
 
 
-def probe(source: str | os.PathLike[str], *, options: DecodeOptions | None = None, **overrides: Any) -> VideoInfo:
-    """Describe the main video stream of ``source``; raises DecodeError with a reason if it is unusable.
+def probe(source: VideoSource, *, options: DecodeOptions | None = None, **overrides: Any) -> VideoInfo:
+    """Describe the main video stream of ``source`` (a path, or ``VideoBytes``); raises DecodeError
+    with a reason if it is unusable.
 
     The input rules and limits are those of ``options`` (keyword arguments override its fields:
     ``allowed_roots``, ``allow_remote``, ``max_pixels``, ``timeout_s``), so a video this accepts is
@@ -162,7 +163,13 @@ def probe(source: str | os.PathLike[str], *, options: DecodeOptions | None = Non
     decoder will actually see.
     """
     opts = with_overrides(options, overrides)
-    path = resolve_source(source, allow_remote=opts.allow_remote, allowed_roots=opts.allowed_roots)
+    with readable_path(source, allow_remote=opts.allow_remote, allowed_roots=opts.allowed_roots) as path:
+        info = probe_readable(path, opts)
+    return dataclasses.replace(info, path=source_name(source, info.path))
+
+
+def probe_readable(path: str, opts: DecodeOptions) -> VideoInfo:
+    """``probe`` of a path that ``readable_path`` gave; ``VideoInfo.path`` is that path."""
     deadline = time.monotonic() + opts.timeout_s
     with open_container(path, allow_remote=opts.allow_remote) as container:
         stream = main_video_stream(container, path)

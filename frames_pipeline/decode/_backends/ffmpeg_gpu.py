@@ -26,6 +26,7 @@ from frames_pipeline.decode._backends.pynvc import intermediate_size
 from frames_pipeline.decode._cuda import cuda_unavailable_reason
 from frames_pipeline.decode._errors import DecodeError, Reason
 from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
+from frames_pipeline.decode._input_policy import inherited_fds
 from frames_pipeline.decode._options import DecodeOptions
 from frames_pipeline.decode._probe import VideoInfo
 from frames_pipeline.decode._resize import FrameShrinker
@@ -119,7 +120,13 @@ class FFmpegGPUBackend:
             info.rotation,
             info.mirrored,
         )
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            pass_fds=inherited_fds(info.path),  # a video held in memory is ffmpeg's to open too
+        )
         log = _StderrLog(process)
         produced = 0
         try:
