@@ -1,6 +1,7 @@
-"""Pictures for people: a contact sheet of a shard's frames and a bar chart of the shard totals.
+"""Pictures for people: a contact sheet of a shard's frames, a sheet of its shots and a bar chart of
+the shard totals.
 
-Both are small PNGs drawn with Pillow, returned as bytes (the store keeps them next to the data) and
+All are small PNGs drawn with Pillow, returned as bytes (the store keeps them next to the data) and
 embedded in Dagster markdown metadata as data URIs, so the UI shows them without serving any file.
 """
 
@@ -101,3 +102,46 @@ def _png(image: Image.Image) -> bytes:
 def markdown_image(png: bytes, alt: str) -> str:
     """Markdown that shows ``png`` inline (a data URI: the UI needs no file server)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+SHOTS_PER_LINE = 12
+MAX_SHOTS_SHOWN = 48  # per video; the rest are counted
+_LABEL_H = 14
+
+
+@dataclass(frozen=True)
+class ShotSheetRow:
+    """One video of a shot sheet: its id, one frame of each of its shots (S, H, W, 3), and a note
+    (why it has none)."""
+
+    video_id: str
+    frames: np.ndarray | None
+    note: str = ""
+
+
+def shot_sheet(rows: Sequence[ShotSheetRow], scale: int = 2) -> bytes:
+    """A PNG with a frame of every shot of each video, ``SHOTS_PER_LINE`` to a line under the video's
+    id and shot count, at most ``MAX_SHOTS_SHOWN`` shots per video and ``MAX_VIDEOS`` videos."""
+    shown = list(rows)[:MAX_VIDEOS]
+    tile_h, tile_w = next((r.frames.shape[1:3] for r in shown if r.frames is not None and len(r.frames)), (27, 48))
+    tile_h, tile_w = tile_h * scale, tile_w * scale
+    lines = [-(-min(len(r.frames), MAX_SHOTS_SHOWN) // SHOTS_PER_LINE) if r.frames is not None else 0 for r in shown]
+    heights = [_LABEL_H + n * (tile_h + _PAD) + _PAD for n in lines]
+    more = len(rows) > len(shown)
+    width = _PAD + SHOTS_PER_LINE * (tile_w + _PAD)
+    sheet = Image.new("RGB", (width, max(1, sum(heights) + (_LABEL_H if more else 0))), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    top = 0
+    for row, height in zip(shown, heights, strict=True):
+        count = len(row.frames) if row.frames is not None else 0
+        hidden = f", {count - MAX_SHOTS_SHOWN} not shown" if count > MAX_SHOTS_SHOWN else ""
+        label = f"{row.video_id[:40]}: {row.note[:60]}" if row.note else f"{row.video_id[:40]}: {count} shots{hidden}"
+        draw.text((_PAD, top + 1), label, fill=(240, 120, 120) if row.note else _TEXT)
+        for i, frame in enumerate(row.frames[:MAX_SHOTS_SHOWN] if row.frames is not None else []):
+            tile = Image.fromarray(np.ascontiguousarray(frame)).resize((tile_w, tile_h), Image.Resampling.NEAREST)
+            line, column = divmod(i, SHOTS_PER_LINE)
+            sheet.paste(tile, (_PAD + column * (tile_w + _PAD), top + _LABEL_H + line * (tile_h + _PAD)))
+        top += height
+    if more:
+        draw.text((_PAD, top + 1), f"... {len(rows) - len(shown)} more videos", fill=_TEXT)
+    return _png(sheet)

@@ -32,16 +32,14 @@ Progress = Callable[[VideoOutcome, int, int], None]
 
 @dataclass(frozen=True)
 class ShardCheck:
-    """One check of a shard, judged on the unpublished version; ``details`` are numbers and short lists."""
+    """One check of a shard, judged on the unpublished version; ``details`` are numbers and short lists.
+    A failed ``blocking`` check keeps the shard from being published."""
 
     name: str
     passed: bool
     description: str
     details: dict[str, Any]
-
-    @property
-    def blocking(self) -> bool:
-        return self.name in BLOCKING_CHECKS
+    blocking: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,17 +184,20 @@ def shard_checks(
             passed=not mismatched,
             description=f"{len(mismatched)} video(s) decoded a different number of frames than probed",
             details={"num_mismatched": len(mismatched), "mismatched": mismatched[:_LISTED]},
+            blocking=FRAME_COUNT_CHECK in BLOCKING_CHECKS,
         ),
         ShardCheck(
             ARRAY_CHECK,
             passed=not malformed,
             description=f"{len(malformed)} array(s) not (N, {output_hw[0]}, {output_hw[1]}, 3) uint8 with N timestamps",
             details={"num_malformed": len(malformed), "malformed": malformed[:_LISTED]},
+            blocking=ARRAY_CHECK in BLOCKING_CHECKS,
         ),
         ShardCheck(
             FAILED_RATIO_CHECK,
             passed=ratio <= max_failed_ratio,
             description=f"{num_failed}/{len(records)} video(s) failed (ratio {ratio:.2f}, limit {max_failed_ratio})",
             details={"failed_ratio": ratio, "max_failed_ratio": max_failed_ratio, "num_failed": num_failed},
+            blocking=FAILED_RATIO_CHECK in BLOCKING_CHECKS,
         ),
     ]

@@ -17,6 +17,7 @@ from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResou
 from frames_pipeline.defs.schedules import pending_shards_schedule
 from frames_pipeline.defs.sensors import manifest_sensor
 from frames_pipeline.demo.clips import write_video
+from frames_pipeline.shots import shots_available
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.manifest import file_hash
 from frames_pipeline.storage.store import FramesStore
@@ -75,10 +76,12 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
+    with_shots = shots_available()  # the shots extra adds video_shots and its resource (tests/test_shots.py)
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "video_manifest",
         "video_frames",
         "frames_summary",
+        *(["video_shots"] if with_shots else []),
     }
     frames = defs.resolve_assets_def("video_frames")
     assert frames.partitions_def == video_shards
@@ -86,7 +89,7 @@ def test_definitions_load() -> None:
     assert frames.op.retry_policy is not None
     specs = {spec.name: spec.blocking for spec in frames.check_specs}
     assert specs == {"frame_counts_match_probe": False, "arrays_well_formed": True, "failed_ratio": True}
-    assert set(defs.resources) == {"frame_decoder", "frames_data"}
+    assert set(defs.resources) == {"frame_decoder", "frames_data", *(["shot_detector"] if with_shots else [])}
     assert defs.resolve_sensor_def("manifest_sensor")
     assert defs.resolve_schedule_def("pending_shards_schedule").cron_schedule == "0 * * * *"
 

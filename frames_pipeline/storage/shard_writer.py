@@ -10,8 +10,9 @@ records the versions it replaced and when (``store.PublishedVersions``), and the
 after their grace deletes them.
 
 Each shard is written on local disk first, in its work folder ``<staging>/.<key>.work``, where
-``<staging>`` is the frames folder itself for a local root (so the version moves into place with a
-rename) and ``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote one. An exclusive
+``<staging>`` is the dataset's own folder (``frames``, ``shots``) for a local root (so the version
+moves into place with a rename) and a folder per data root and dataset under
+``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote one. An exclusive
 ``flock`` on ``<staging>/.<key>.lock`` lets one writer at a time work on a shard there; the kernel
 releases it when a writer dies. Writers on different machines of a remote root cannot share that
 lock, and do not need it for safety: each uploads its own version folder, the last index written
@@ -44,9 +45,10 @@ import pyarrow.parquet as pq
 from frames_pipeline.decode import pts_path
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.store import (
+    FRAMES,
     INDEX_NAME,
-    INDEX_SCHEMA,
     VERSION_PATTERN,
+    Dataset,
     FramesStore,
     PublishedVersions,
     frames_problem,
@@ -86,13 +88,14 @@ class ShardWriter:
 
     Use as a context manager. Leaving without ``publish`` keeps the published version (if any) as
     it was, and deletes the work unless ``resume`` is on, in which case the next run resumes it.
+    ``dataset`` says which shards these are (frames, or shots): where they live and their index's columns.
     """
 
-    def __init__(self, store: FramesStore, key: str, *, resume: bool = False) -> None:
+    def __init__(self, store: FramesStore, key: str, *, resume: bool = False, dataset: Dataset = FRAMES) -> None:
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"unsafe shard key {key!r}")
-        self.store, self.key, self.resume = store, key, resume
-        staging = store.staging_dir
+        self.store, self.key, self.resume, self.dataset = store, key, resume, dataset
+        staging = store.staging_dir(dataset)
         staging.mkdir(parents=True, exist_ok=True)
         self._lock = open(staging / f".{key}.lock", "a+b")  # noqa: SIM115 - held until close
         try:
@@ -112,7 +115,7 @@ class ShardWriter:
 
     @property
     def version_dir(self) -> Path:
-        """The folder that becomes ``frames/<key>/<version>`` when published."""
+        """The folder that becomes ``<dataset folder>/<key>/<version>`` when published."""
         return self.dir / self.version
 
     def frames_file(self, video_id: str) -> str:
@@ -170,16 +173,16 @@ class ShardWriter:
         return path
 
     def write_index(self, records: Iterable[Mapping[str, Any]]) -> Path:
-        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard."""
-        self._index = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA)
+        """Write ``index.parquet`` (the dataset's index columns) into the unpublished shard."""
+        self._index = pa.Table.from_pylist(list(records), schema=self.dataset.index_schema)
         return self._write_index(PublishedVersions(self.version, {}))
 
     def publish(self) -> str:
         """Move the version into the store, then its index; returns the shard's location."""
-        shard = self.store.shard_location(self.key)
+        shard = self.store.shard_location(self.key, self.dataset)
         if self._index is None:
             raise RuntimeError(f"shard {self.key}: write_index before publish")
-        before = published_versions(self.store, self.key)
+        before = published_versions(self.store, self.key, self.dataset)
         now = datetime.now(UTC)
         kept = {name: when for name, when in before.replaced.items() if now - when < REPLACED_VERSION_GRACE}
         if before.version:
@@ -193,7 +196,7 @@ class ShardWriter:
             fsync(Path(shard.path))
         else:
             _upload_folder(self.version_dir, shard.child(self.version))
-            shard.fs.put_file(str(index), self.store.index_location(self.key).path)  # one PUT publishes the version
+            shard.fs.put_file(str(index), shard.child(INDEX_NAME).path)  # one PUT publishes the version
         self.published = True
         self._remove_old_versions(shard, kept, expired=set(before.replaced) - set(kept))
         self.discard()

@@ -8,7 +8,9 @@ such as ``s3://bucket/prefix``; the layout is the same on both::
     frames/<shard key>/<version>/<video_id>.npy   (N, H, W, 3) uint8 RGB
     frames/<shard key>/<version>/<video_id>.pts.npy   presentation times in seconds
     frames/<shard key>/<version>/contact_sheet.png
+    shots/<shard key>/...                         the shots of the shard's frames (``storage/shots.py``)
 
+Every dataset (frames, shots) is a ``Dataset``: its shards are laid out and published the same way.
 Readers go through the index: it names each video's files relative to the shard folder, and it is
 replaced in one step when a new version is published (``shard_writer.py`` says how), so a reader
 of the index sees one whole version. The version an index names stays readable for a grace period
@@ -25,10 +27,12 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +82,17 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """One kind of shard the store publishes: its folder under the data root and its index's columns."""
+
+    folder: str
+    index_schema: pa.Schema
+
+
+FRAMES = Dataset("frames", INDEX_SCHEMA)
+
+
 def default_data_root() -> str:
     """``$FRAMES_PIPELINE_DATA``, or ``./data`` made absolute."""
     return os.environ.get(DATA_ENV) or str(Path("data").resolve())
@@ -104,18 +119,18 @@ class FramesStore:
     def frames_dir(self) -> str:
         return str(self.location.child("frames"))
 
-    def shard_dir(self, key: str) -> str:
-        return str(self.shard_location(key))
+    def shard_dir(self, key: str, dataset: Dataset = FRAMES) -> str:
+        return str(self.shard_location(key, dataset))
 
-    def has_index(self, key: str) -> bool:
+    def has_index(self, key: str, dataset: Dataset = FRAMES) -> bool:
         """Whether shard ``key`` has been published."""
-        index = self.index_location(key)
+        index = self.index_location(key, dataset)
         return bool(index.fs.isfile(index.path))
 
-    def read_index(self, key: str) -> pd.DataFrame | None:
+    def read_index(self, key: str, dataset: Dataset = FRAMES) -> pd.DataFrame | None:
         """The published index of shard ``key``, or None if the shard has never been published."""
         try:
-            return read_parquet(self.index_location(key)).to_pandas()
+            return read_parquet(self.index_location(key, dataset)).to_pandas()
         except FileNotFoundError:
             return None
 
@@ -130,9 +145,14 @@ class FramesStore:
         rows = index[index["video_id"] == video_id]
         if rows.empty:
             raise KeyError(f"shard {key} has no video {video_id!r}")
-        row = rows.iloc[0]
+        return self.read_row_frames(key, rows.iloc[0].to_dict())
+
+    def read_row_frames(self, key: str, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The frames and timestamps that ``row``, a row of the frames index of shard ``key`` that the
+        caller read, names: one read of the index serves every video of a shard. ValueError, with the
+        recorded reason, for a video that failed to decode."""
         if row["status"] != "ok":
-            raise ValueError(f"video {video_id!r} of shard {key} failed: {row['error_reason']}: {row['error']}")
+            raise ValueError(f"video {row['video_id']!r} of shard {key} failed: {row['error_reason']}: {row['error']}")
         frames = self.shard_location(key).child(row["frames_file"])
         return _load_array(frames), _load_array(frames.parent().child(pts_path(frames.name).name))
 
@@ -146,19 +166,19 @@ class FramesStore:
             target.fs.pipe_file(target.path, data)  # one PUT: the object appears whole or not at all
         return str(target)
 
-    @property
-    def staging_dir(self) -> Path:
-        """Local folder holding the shards being written: the frames folder for a local root."""
+    def staging_dir(self, dataset: Dataset = FRAMES) -> Path:
+        """Local folder holding the shards of ``dataset`` being written: the dataset's own folder for a
+        local root."""
         if self.location.is_local:
-            return Path(self.location.path) / "frames"
+            return Path(self.location.path) / dataset.folder
         base = Path(os.environ.get(STAGING_ENV) or tempfile.gettempdir())
-        return base / "frames_pipeline" / hashlib.sha256(self.root.encode()).hexdigest()[:16]
+        return base / "frames_pipeline" / hashlib.sha256(self.root.encode()).hexdigest()[:16] / dataset.folder
 
-    def shard_location(self, key: str) -> Location:
-        return self.location.child("frames", key)
+    def shard_location(self, key: str, dataset: Dataset = FRAMES) -> Location:
+        return self.location.child(dataset.folder, key)
 
-    def index_location(self, key: str) -> Location:
-        return self.shard_location(key).child(INDEX_NAME)
+    def index_location(self, key: str, dataset: Dataset = FRAMES) -> Location:
+        return self.shard_location(key, dataset).child(INDEX_NAME)
 
 
 def new_version() -> str:
@@ -186,10 +206,10 @@ class PublishedVersions:
         return {VERSION_KEY: self.version or "", REPLACED_KEY: json.dumps(replaced)}
 
 
-def published_versions(store: FramesStore, key: str) -> PublishedVersions:
+def published_versions(store: FramesStore, key: str, dataset: Dataset = FRAMES) -> PublishedVersions:
     """The versions the published index of ``key`` names and keeps (none for an unpublished shard)."""
     try:
-        metadata = read_parquet_schema(store.index_location(key)).metadata or {}
+        metadata = read_parquet_schema(store.index_location(key, dataset)).metadata or {}
     except FileNotFoundError:
         return PublishedVersions(None, {})
     version = metadata.get(VERSION_KEY.encode(), b"").decode() or None
