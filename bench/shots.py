@@ -9,7 +9,7 @@ videos given with ``--video``, each repeat times, in this process and as the Dag
   pool's start to the published shard;
 - **shots**: ``detect_shard_shots`` with a fresh ``ShotDetector`` on ``--device``, from loading the
   model to the published shots; and the model's frames/s over the reading and scoring alone
-  (``detect_s``).
+  (``detect_s``), and the shots step's frames per CPU-second of this process.
 
     python -m bench.shots --mode pynvc --workers 7                # a GPU host: both steps on the GPU
     python -m bench.shots --mode ffmpeg_cpu --workers 2 --quick   # tries the harness on a CPU
@@ -50,10 +50,10 @@ def one_shard(paths: list[Path], mode: str, workers: int, device: str, scratch: 
     with DecoderPool(options, workers=workers) as pool:
         frames = decode_shard(store, SHARD_KEY, rows, pool.run, output_hw=options.output_hw)
     frames_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     detector = ShotDetector(device)
     shots = detect_shard_shots(store, SHARD_KEY, detector.predict)
-    shots_s = time.perf_counter() - started
+    shots_s, shots_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     if frames.published is None or shots.published is None:
         raise RuntimeError(f"shard not published: frames {frames.blocked_by}, shots {shots.blocked_by}")
     return {
@@ -61,6 +61,8 @@ def one_shard(paths: list[Path], mode: str, workers: int, device: str, scratch: 
         "shots_s": shots_s,
         "shots_vs_frames": shots_s / frames_s,
         "model_fps": shots.num_frames / shots.detect_s,
+        # CPU time of this process (every thread): on a shared machine it moves far less than wall time.
+        "shots_frames_per_cpu_s": shots.num_frames / shots_cpu_s,
         "frames": shots.num_frames,
         "shots": len(shots.shots),
         "device": str(detector.device),
@@ -102,9 +104,11 @@ def markdown(r: dict[str, Any]) -> str:
     return (
         f"`python -m bench.shots {' '.join(sys.argv[1:])}`: {r['videos']} videos, {r['frames']} frames, "
         f"medians of {r['repeats']}\n\n"
-        "| frames step (s) | shots step (s) | shots / frames | model frames/s | decode | model on | shots |\n"
-        "|---|---|---|---|---|---|---|\n"
+        "| frames step (s) | shots step (s) | shots / frames | model frames/s | shots step frames/CPU-s | decode "
+        "| model on | shots |\n"
+        "|---|---|---|---|---|---|---|---|\n"
         f"| {r['frames_s']:.2f} | {r['shots_s']:.2f} | {r['shots_vs_frames']:.2f} | {r['model_fps']:,.0f} "
+        f"| {r['shots_frames_per_cpu_s']:,.0f} "
         f"| {r['mode']} x {r['workers']} | {r['device']} | {r['shots']} |\n"
     )
 

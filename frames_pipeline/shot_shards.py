@@ -116,13 +116,13 @@ def detect_shard_shots(
 
         def readable() -> Iterator[tuple[str, NDArray[np.uint8]]]:
             for row in rows:
-                failure, frames, pts = _read(store, key, row)
-                if failure is not None:
-                    failures[row["video_id"]] = failure
+                read = _read(store, key, row)
+                if isinstance(read, _Failure):
+                    failures[row["video_id"]] = read
                     report(row)
                     continue
-                timestamps[row["video_id"]], held[row["video_id"]] = pts, frames
-                yield row["video_id"], frames
+                held[row["video_id"]], timestamps[row["video_id"]] = read
+                yield row["video_id"], read[0]
 
         by_id = {row["video_id"]: row for row in rows}
         started = time.perf_counter()
@@ -158,16 +158,15 @@ def detect_shard_shots(
 
 def _read(
     store: FramesStore, key: str, row: dict[str, Any]
-) -> tuple[_Failure | None, NDArray[np.uint8], NDArray[np.float64]]:
+) -> _Failure | tuple[NDArray[np.uint8], NDArray[np.float64]]:
     """One video's frames and timestamps, or why there are none to score."""
-    empty = np.empty((0, *INPUT_HW, 3), np.uint8), np.empty(0)
     if row["status"] != "ok":
         error = f"video_frames failed: {row['error_reason']}: {row['error']}"
-        return _Failure(FRAMES_FAILED, error, row["hint"] or "see the frames index of the shard"), *empty
+        return _Failure(FRAMES_FAILED, error, row["hint"] or "see the frames index of the shard")
     try:
         frames, pts = store.read_row_frames(key, row)
     except (OSError, ValueError, EOFError) as exc:
-        return _Failure(FRAMES_UNREADABLE, f"{row['frames_file']}: {exc}", HINTS[FRAMES_UNREADABLE]), *empty
+        return _Failure(FRAMES_UNREADABLE, f"{row['frames_file']}: {exc}", HINTS[FRAMES_UNREADABLE])
     if (
         frames.dtype != np.uint8
         or frames.ndim != 4
@@ -176,11 +175,11 @@ def _read(
         or pts.shape != (len(frames),)
     ):
         error = f"{row['frames_file']}: frames {frames.shape} {frames.dtype} with {pts.shape} timestamps"
-        return _Failure(FRAMES_UNREADABLE, error, HINTS[FRAMES_UNREADABLE]), *empty
+        return _Failure(FRAMES_UNREADABLE, error, HINTS[FRAMES_UNREADABLE])
     if frames.shape[1:3] != INPUT_HW:
         error = f"frames are {frames.shape[1]}x{frames.shape[2]}, TransNetV2 takes {INPUT_HW[0]}x{INPUT_HW[1]}"
-        return _Failure(WRONG_FRAME_SIZE, error, HINTS[WRONG_FRAME_SIZE]), *empty
-    return None, frames, pts
+        return _Failure(WRONG_FRAME_SIZE, error, HINTS[WRONG_FRAME_SIZE])
+    return frames, pts
 
 
 def _index_row(

@@ -33,8 +33,19 @@ from frames_pipeline.shot_shards import (
     detect_shard_shots,
     shots_checks,
 )
-from frames_pipeline.shots import CONTEXT, STEP, WINDOW, ShotDetector, shots_available, video_shots, windows
+from frames_pipeline.shots import (
+    CONTEXT,
+    STEP,
+    WINDOW,
+    ShotDetector,
+    VideoShots,
+    shots_available,
+    video_shots,
+    windows,
+)
+from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.manifest import ManifestRow
+from frames_pipeline.storage.shard_writer import ShardBusyError, ShardWriter
 from frames_pipeline.storage.shots import SHOTS, read_shots
 from frames_pipeline.storage.store import FramesStore
 
@@ -247,6 +258,34 @@ def test_a_shards_shots_are_published_beside_its_frames(
 
 
 @needs_shots
+def test_shots_on_object_storage(detector: ShotDetector, clips: dict[str, Path], s3_root: str, tmp_path: Path) -> None:
+    """Frames read from a bucket, shots staged on local disk, uploaded and published by one PUT."""
+    store = FramesStore(s3_root)
+    publish_frames(store, "s-00000", clips, "cuts")
+    report = detect_shard_shots(store, "s-00000", detector.predict)
+    assert report.published == f"{s3_root}/shots/s-00000"
+    assert read_shots(store, "s-00000")["first_frame"].tolist() == scene_starts(CUT_SCENES)
+    fs = Location.of(s3_root).fs
+    version = report.records[0]["shots_file"].split("/")[0]
+    assert sorted(fs.ls(f"{s3_root}/shots/s-00000/{version}", detail=False)) == [
+        f"{s3_root.removeprefix('s3://')}/shots/s-00000/{version}/{name}"
+        for name in ("shots.parquet", "shots_preview.png")
+    ]
+    assert not [p for p in (tmp_path / "staging").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
+def test_a_shards_frames_and_shots_are_written_independently(tmp_path: Path) -> None:
+    """Each dataset has its own work folder and lock: the shots of a shard can be written while its
+    frames are (a re-decode), and a second writer of either is refused."""
+    store = FramesStore(tmp_path)
+    with ShardWriter(store, "s-00000") as frames, ShardWriter(store, "s-00000", dataset=SHOTS) as shots:
+        assert frames.dir == tmp_path / "frames" / ".s-00000.work"
+        assert shots.dir == tmp_path / "shots" / ".s-00000.work"
+        with pytest.raises(ShardBusyError):
+            ShardWriter(store, "s-00000", dataset=SHOTS)
+
+
+@needs_shots
 def test_videos_without_frames_to_score_are_recorded_with_their_reason(
     detector: ShotDetector, clips: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -272,13 +311,14 @@ def test_videos_without_frames_to_score_are_recorded_with_their_reason(
 
 @needs_shots
 def test_video_shots_runs_after_video_frames_in_dagster(
-    detector: ShotDetector, clips: dict[str, Path], tmp_path: Path
+    detector: ShotDetector, clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from frames_pipeline.definitions import defs
     from frames_pipeline.defs.assets import video_frames, video_manifest
     from frames_pipeline.defs.partitions import video_shards
     from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
-    from frames_pipeline.defs.shots import ShotDetectorResource, video_shots
+    from frames_pipeline.defs.shots import ShotDetectorResource
+    from frames_pipeline.defs.shots import video_shots as video_shots_asset
 
     shots_def = defs.resolve_assets_def("video_shots")
     assert shots_def.op.pool == "gpu" and {s.name: s.blocking for s in shots_def.check_specs} == dict.fromkeys(
@@ -296,7 +336,11 @@ def test_video_shots_runs_after_video_frames_in_dagster(
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(video_shards.name, ["clips-00000"])
         early = dg.materialize(
-            [video_shots], partition_key="clips-00000", instance=instance, resources=resources, raise_on_error=False
+            [video_shots_asset],
+            partition_key="clips-00000",
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
         )
         assert not early.success
         (failure,) = [e for e in early.all_events if e.is_step_failure]
@@ -313,7 +357,30 @@ def test_video_shots_runs_after_video_frames_in_dagster(
         requested = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
         assert requested.get_requested_partitions(dg.AssetKey("video_shots")) == {"clips-00000"}
 
-        result = dg.materialize([video_shots], partition_key="clips-00000", instance=instance, resources=resources)
+        result = dg.materialize(
+            [video_shots_asset], partition_key="clips-00000", instance=instance, resources=resources
+        )
+        published = read_shots(FramesStore(tmp_path), "clips-00000")
+
+        # Shots that fail a check (here: the last shot lost) are not published; the earlier ones stay.
+        def without_last_shot(*args: object) -> VideoShots:
+            shots = video_shots(*args)  # type: ignore[arg-type]
+            return VideoShots(shots.first_frame[:-1], shots.last_frame[:-1], shots.start_s[:-1], shots.end_s[:-1])
+
+        monkeypatch.setattr("frames_pipeline.shot_shards.video_shots", without_last_shot)
+        broken = dg.materialize(
+            [video_shots_asset],
+            partition_key="clips-00000",
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+        )
+    assert not broken.success
+    (failure,) = [e for e in broken.all_events if e.is_step_failure]
+    assert "not published: 1 video(s) have shots that leave frames out" in str(failure.step_failure_data.error)
+    assert {e.check_name: e.passed for e in broken.get_asset_check_evaluations()}[SHOTS_COVER_CHECK] is False
+    assert read_shots(FramesStore(tmp_path), "clips-00000").equals(published)
+    assert sorted(p.name for p in (tmp_path / "shots").iterdir()) == [".clips-00000.lock", "clips-00000"]
     assert result.success
     assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == dict.fromkeys(
         (SHOTS_PRESENT_CHECK, SHOTS_ORDER_CHECK, SHOTS_COVER_CHECK), True
@@ -372,7 +439,8 @@ def test_our_cuts_agree_with_transnetv2_pytorchs_detect_scenes_on_its_bundled_vi
 
     matched = matched_cuts(ours, theirs)
     print(
-        f"\nbundled video, {num_frames} frames: {len(ours)} cuts ours, {len(theirs)} theirs, {matched} within 1 frame; "
+        f"\nbundled video, {num_frames} frames: {len(ours)} cuts ours, {len(theirs)} theirs, {matched} within 1 frame "
+        f"({len(set(ours) & set(theirs))} at the same frame); "
         f"only theirs {sorted(set(theirs) - {c + d for c in ours for d in (-1, 0, 1)})}, "
         f"only ours {sorted(set(ours) - {c + d for c in theirs for d in (-1, 0, 1)})}"
     )
