@@ -335,16 +335,18 @@ def test_video_shots_runs_after_video_frames_in_dagster(
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(video_shards.name, ["clips-00000"])
-        early = dg.materialize(
-            [video_shots_asset],
-            partition_key="clips-00000",
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
-        assert not early.success
-        (failure,) = [e for e in early.all_events if e.is_step_failure]
-        assert "has no published frames: materialize video_frames" in str(failure.step_failure_data.error)
+
+        def shots_run() -> dg.ExecuteInProcessResult:
+            return dg.materialize(
+                [video_shots_asset],
+                partition_key="clips-00000",
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+            )
+
+        early = shots_run()
+        assert "has no published frames: materialize video_frames" in step_error(early)
 
         # Its eager condition asks for nothing while the shard has no frames, then for the shots of the
         # shard whose frames just landed.
@@ -357,9 +359,7 @@ def test_video_shots_runs_after_video_frames_in_dagster(
         requested = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
         assert requested.get_requested_partitions(dg.AssetKey("video_shots")) == {"clips-00000"}
 
-        result = dg.materialize(
-            [video_shots_asset], partition_key="clips-00000", instance=instance, resources=resources
-        )
+        result = shots_run()
         published = read_shots(FramesStore(tmp_path), "clips-00000")
 
         # Shots that fail a check (here: the last shot lost) are not published; the earlier ones stay.
@@ -368,16 +368,8 @@ def test_video_shots_runs_after_video_frames_in_dagster(
             return VideoShots(shots.first_frame[:-1], shots.last_frame[:-1], shots.start_s[:-1], shots.end_s[:-1])
 
         monkeypatch.setattr("frames_pipeline.shot_shards.video_shots", without_last_shot)
-        broken = dg.materialize(
-            [video_shots_asset],
-            partition_key="clips-00000",
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
-    assert not broken.success
-    (failure,) = [e for e in broken.all_events if e.is_step_failure]
-    assert "not published: 1 video(s) have shots that leave frames out" in str(failure.step_failure_data.error)
+        broken = shots_run()
+    assert "not published: 1 video(s) have shots that leave frames out" in step_error(broken)
     assert {e.check_name: e.passed for e in broken.get_asset_check_evaluations()}[SHOTS_COVER_CHECK] is False
     assert read_shots(FramesStore(tmp_path), "clips-00000").equals(published)
     assert sorted(p.name for p in (tmp_path / "shots").iterdir()) == [".clips-00000.lock", "clips-00000"]
@@ -394,6 +386,13 @@ def test_video_shots_runs_after_video_frames_in_dagster(
     assert values["path"] == str(tmp_path / "shots" / "clips-00000")
     assert values["preview"].startswith("![shots of clips-00000](data:image/png;base64,")
     assert [r.data["video_id"] for r in values["videos"].records] == ["cuts", "bad"]
+
+
+def step_error(result: dg.ExecuteInProcessResult) -> str:
+    """The error of the run's one failed step."""
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    return str(failure.step_failure_data.error)
 
 
 def bundled_video() -> Path:
