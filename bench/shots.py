@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool, cuda_device_count
-from frames_pipeline.shards import decode_shard
+from frames_pipeline.shards import ShardInputs, decode_shard
 from frames_pipeline.shot_shards import detect_shard_shots
 from frames_pipeline.shots import ShotDetector
 from frames_pipeline.storage.manifest import ManifestRow
@@ -48,7 +48,7 @@ def one_shard(paths: list[Path], mode: str, workers: int, device: str, scratch: 
     options = DecodeOptions(mode=mode)
     started = time.perf_counter()
     with DecoderPool(options, workers=workers) as pool:
-        frames = decode_shard(store, SHARD_KEY, rows, pool.run, output_hw=options.output_hw)
+        frames = decode_shard(store, SHARD_KEY, rows, pool.run, inputs=ShardInputs("bench", len(rows), options, 0.5))
     frames_s = time.perf_counter() - started
     started, cpu_started = time.perf_counter(), time.process_time()
     detector = ShotDetector(device)

@@ -22,12 +22,14 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from frames_pipeline.previews import ShotSheetRow, shot_sheet
-from frames_pipeline.shards import ShardCheck
+from frames_pipeline.shards import ShardCheck, blocking_failures
 from frames_pipeline.shots import DEFAULT_THRESHOLD, INPUT_HW, VideoShots, video_shots
-from frames_pipeline.storage.shard_writer import ShardWriter
+from frames_pipeline.storage.shard_writer import ShardWriter, unwritable_as_error
 from frames_pipeline.storage.shots import PREVIEW_FILE, SHOTS, SHOTS_FILE, SHOTS_SCHEMA
-from frames_pipeline.storage.store import FramesStore
+from frames_pipeline.storage.store import FramesStore, PublishedShard
 
+# Bumped when a change to this code changes what a shard's shots are (video_shots' code_version).
+SHOTS_CODE_VERSION = "1"
 SHOTS_PRESENT_CHECK = "ok_videos_have_shots"
 SHOTS_ORDER_CHECK = "shots_ordered"
 SHOTS_COVER_CHECK = "shots_cover_videos"
@@ -57,6 +59,7 @@ class ShotsReport:
     shot, the checks, and where the shots were published (None when a check failed)."""
 
     key: str
+    version: str
     records: list[dict[str, Any]]
     shots: pd.DataFrame  # SHOTS_SCHEMA's columns
     checks: list[ShardCheck]
@@ -66,9 +69,14 @@ class ShotsReport:
     published: str | None
 
     @property
+    def preview_path(self) -> str:
+        """Where the preview of this version is once published, relative to the data root."""
+        return f"{SHOTS.folder}/{self.key}/{self.version}/{PREVIEW_FILE}"
+
+    @property
     def blocked_by(self) -> list[ShardCheck]:
         """The failed checks (all of them block): why the shots were not published."""
-        return [c for c in self.checks if c.blocking and not c.passed]
+        return blocking_failures(self.checks)
 
     @property
     def shots_per_minute(self) -> float:
@@ -97,13 +105,28 @@ def detect_shard_shots(
 
     ``predict`` scores frames (a ``ShotDetector``'s ``predict``). A video without frames to score
     (its decode failed, its files cannot be read, they are not 27x48) is a row with its reason, not
-    an error. Raises ``FramesNotPublishedError`` when the shard's frames were never published and
-    ``ShardBusyError`` if another writer holds the shard's shots.
+    an error. The shots index records the manifest version and shard size its frames were cut with.
+    Raises ``FramesNotPublishedError`` when the shard's frames were never published,
+    ``ShardBusyError`` if another writer holds the shard's shots and ``ShardUnwritableError`` if the
+    shots folder is read-only or full.
     """
-    index = store.read_index(key)
-    if index is None:
+    frames = store.read_index_and_cut(key)
+    if frames is None:
         raise FramesNotPublishedError(f"shard {key} has no published frames: materialize video_frames for it first")
-    rows = index.to_dict("records")
+    index, cut = frames
+    with unwritable_as_error(key, str(store.location.child(SHOTS.folder))):
+        return _detect_shard_shots(store, key, index.to_dict("records"), cut, predict, threshold, progress)
+
+
+def _detect_shard_shots(
+    store: FramesStore,
+    key: str,
+    rows: list[dict[str, Any]],
+    cut: PublishedShard,
+    predict: Predict,
+    threshold: float,
+    progress: ShotsProgress | None,
+) -> ShotsReport:
     with ShardWriter(store, key, dataset=SHOTS) as shard:
         failures: dict[str, _Failure] = {}
         found: dict[str, tuple[VideoShots, NDArray[np.uint8]]] = {}  # shots, and a frame of each
@@ -135,7 +158,7 @@ def detect_shard_shots(
         records = [_index_row(row, found, failures, shots_file) for row in rows]
         table = _shots_table([(row["video_id"], found[row["video_id"]][0]) for row in rows if row["video_id"] in found])
         shard.write_file(SHOTS_FILE, _parquet_bytes(table))
-        shard.write_index(records)
+        shard.write_index(records, manifest_hash=cut.manifest_hash, shard_size=cut.shard_size)
         shots = table.to_pandas()
         checks = shots_checks(records, shots)
         preview = shot_sheet(
@@ -147,13 +170,13 @@ def detect_shard_shots(
             ]
         )
         shard.write_file(PREVIEW_FILE, preview)
-        if any(c.blocking and not c.passed for c in checks):
+        if blocking_failures(checks):
             shard.discard()
             published = None
         else:
             published = shard.publish()
     num_frames = sum(r["num_frames"] for r in records if r["status"] == "ok")
-    return ShotsReport(key, records, shots, checks, num_frames, detect_s, preview, published)
+    return ShotsReport(key, shard.version, records, shots, checks, num_frames, detect_s, preview, published)
 
 
 def _read(

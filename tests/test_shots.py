@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -21,7 +22,7 @@ import pytest
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool, extract_frames, find_ffmpeg
 from frames_pipeline.demo.clips import scene_frames, write_video
-from frames_pipeline.shards import decode_shard
+from frames_pipeline.shards import ShardInputs, decode_shard
 from frames_pipeline.shot_shards import (
     FRAMES_FAILED,
     FRAMES_UNREADABLE,
@@ -45,9 +46,9 @@ from frames_pipeline.shots import (
 )
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.manifest import ManifestRow
-from frames_pipeline.storage.shard_writer import ShardBusyError, ShardWriter
+from frames_pipeline.storage.shard_writer import ShardBusyError, ShardUnwritableError, ShardWriter
 from frames_pipeline.storage.shots import SHOTS, read_shots
-from frames_pipeline.storage.store import FramesStore
+from frames_pipeline.storage.store import FramesStore, PublishedShard
 
 REPO = Path(__file__).resolve().parents[1]
 needs_shots = pytest.mark.skipif(
@@ -147,7 +148,7 @@ def test_without_the_extra_the_code_location_loads_without_video_shots() -> None
     *_, names, error = done.stdout.splitlines()
     assert json.loads(names) == [
         ["frames_summary", "video_frames", "video_manifest"],
-        ["manifest_sensor"],
+        ["manifest_sensor", "summary_automation_sensor"],
         ["shard_job", "summary_job"],
         ["frame_decoder", "frames_data"],
     ]
@@ -175,8 +176,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def publish_frames(store: FramesStore, key: str, clips: dict[str, Path], *names: str, **options: object) -> None:
     rows = [ManifestRow(i, name, str(clips[name]), {}) for i, name in enumerate(names, start=1)]
     decode_options = DecodeOptions(mode="ffmpeg_cpu", **options)  # type: ignore[arg-type]
+    inputs = ShardInputs("manifest-hash", 100, decode_options, max_failed_ratio=0.5)
     with DecoderPool(decode_options, workers=1) as pool:
-        report = decode_shard(store, key, rows, pool.run, output_hw=decode_options.output_hw)
+        report = decode_shard(store, key, rows, pool.run, inputs=inputs)
     assert report.published
 
 
@@ -246,9 +248,8 @@ def test_a_shards_shots_are_published_beside_its_frames(
         f"{version}/shots.parquet",
         f"{version}/shots_preview.png",
     ]
-    assert (
-        report.preview.startswith(b"\x89PNG") and (shard / version / "shots_preview.png").read_bytes() == report.preview
-    )
+    assert report.preview.startswith(b"\x89PNG") and (tmp_path / report.preview_path).read_bytes() == report.preview
+    assert report.preview_path == f"shots/s-00000/{version}/shots_preview.png"  # what the UI links to
     assert report.num_frames == sum(CUT_SCENES) + sum(VFR_SCENES) and report.detect_s > 0
     assert report.shots_per_minute == pytest.approx(len(shots) / (cuts["duration_s"] + vfr["duration_s"]) * 60)
 
@@ -285,6 +286,39 @@ def test_a_shards_frames_and_shots_are_written_independently(tmp_path: Path) -> 
             ShardWriter(store, "s-00000", dataset=SHOTS)
 
 
+def no_cuts(videos: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+    """A stand-in for TransNetV2 that scores no frame as a cut: a shard's shots without the model."""
+    for key, frames in videos:
+        yield key, np.zeros(len(frames), np.float32)
+
+
+def publish_index(store: FramesStore, key: str, manifest_hash: str | None, shard_size: int | None) -> None:
+    """Publish an empty frames index for shard ``key`` cut as given (None: an index from before the
+    cut was recorded)."""
+    with ShardWriter(store, key) as shard:
+        shard.write_index([], manifest_hash=manifest_hash, shard_size=shard_size)
+        shard.publish()
+
+
+def test_the_shots_index_records_the_cut_of_the_frames_it_came_from(tmp_path: Path) -> None:
+    store = FramesStore(tmp_path)
+    publish_index(store, "s-00000", "manifest-hash", 3)
+    publish_index(store, "s-00001", None, None)
+    for key in ("s-00000", "s-00001"):
+        assert detect_shard_shots(store, key, no_cuts).published
+    assert store.published("s-00000", SHOTS) == store.published("s-00000") == PublishedShard("manifest-hash", 3)
+    assert store.published("s-00001", SHOTS) == PublishedShard(None, None)
+
+
+def test_a_read_only_shots_folder_is_an_unwritable_shard(read_only_folder: Path, tmp_path: Path) -> None:
+    store = FramesStore(tmp_path / "data")
+    publish_index(store, "s-00000", "manifest-hash", 3)
+    (tmp_path / "data" / "shots").symlink_to(read_only_folder)
+    with pytest.raises(ShardUnwritableError, match=r"^shard s-00000 cannot be written: .*make \S+/shots writable$"):
+        detect_shard_shots(store, "s-00000", no_cuts)
+    assert store.read_index("s-00000", SHOTS) is None
+
+
 @needs_shots
 def test_videos_without_frames_to_score_are_recorded_with_their_reason(
     detector: ShotDetector, clips: dict[str, Path], tmp_path: Path
@@ -311,25 +345,42 @@ def test_videos_without_frames_to_score_are_recorded_with_their_reason(
 
 @needs_shots
 def test_video_shots_runs_after_video_frames_in_dagster(
-    detector: ShotDetector, clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    detector: ShotDetector,
+    clips: dict[str, Path],
+    tmp_path: Path,
+    read_only_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from frames_pipeline.definitions import defs
-    from frames_pipeline.defs.assets import video_frames, video_manifest
+    from frames_pipeline.defs.assets import OWNERS, video_frames, video_manifest
+    from frames_pipeline.defs.checks import BLOCKED_TAG
     from frames_pipeline.defs.partitions import video_shards
     from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResource
-    from frames_pipeline.defs.shots import ShotDetectorResource
+    from frames_pipeline.defs.shots import SHOTS_POOL, ShotDetectorResource
     from frames_pipeline.defs.shots import video_shots as video_shots_asset
+    from frames_pipeline.shot_shards import SHOTS_CODE_VERSION
+    from frames_pipeline.storage.manifest import SHARD_SIZE_ENV
 
     shots_def = defs.resolve_assets_def("video_shots")
-    assert shots_def.op.pool == "gpu" and {s.name: s.blocking for s in shots_def.check_specs} == dict.fromkeys(
-        (SHOTS_PRESENT_CHECK, SHOTS_ORDER_CHECK, SHOTS_COVER_CHECK), True
+    assert shots_def.op.pool == SHOTS_POOL == "shot_detection" and shots_def.partitions_def == video_shards
+    assert {s.name: (s.blocking, s.partitions_def) for s in shots_def.check_specs} == dict.fromkeys(
+        (SHOTS_PRESENT_CHECK, SHOTS_ORDER_CHECK, SHOTS_COVER_CHECK), (True, video_shards)
     )
-    assert defs.resolve_sensor_def("shots_automation_sensor") and defs.resolve_job_def("shots_job")
+    key = dg.AssetKey("video_shots")
+    assert shots_def.owners_by_key[key] == OWNERS and shots_def.code_versions_by_key[key] == SHOTS_CODE_VERSION
+    assert shots_def.backfill_policy == video_frames.backfill_policy
+    assert [c.name for c in shots_def.specs_by_key[key].metadata["dagster/column_schema"].columns][:3] == [
+        "manifest_row",
+        "video_id",
+        "status",
+    ]
+    assert defs.resolve_sensor_def("shots_automation_sensor").description and defs.resolve_job_def("shots_job")
 
+    monkeypatch.setenv(SHARD_SIZE_ENV, "10")
     (tmp_path / "manifests").mkdir()
     (tmp_path / "manifests" / "clips.csv").write_text(f"path\n{clips['cuts']}\n{clips['bad']}\n")
     resources = {
-        "frames_data": FramesDataResource(data_root=str(tmp_path), shard_size=10),
+        "frames_data": FramesDataResource(data_root=str(tmp_path)),
         "frame_decoder": FrameDecoderResource(workers=1, mode="ffmpeg_cpu"),
         "shot_detector": ShotDetectorResource(device="cpu"),
     }
@@ -346,18 +397,26 @@ def test_video_shots_runs_after_video_frames_in_dagster(
             )
 
         early = shots_run()
-        assert "has no published frames: materialize video_frames" in step_error(early)
+        assert "has no published frames: materialize video_frames" in failed_once(early)
 
         # Its eager condition asks for nothing while the shard has no frames, then for the shots of the
         # shard whose frames just landed.
+        def frames_land(cursor: object) -> object:
+            """Publish the shard's frames; the evaluation after it asks for its shots."""
+            assert dg.materialize(
+                [video_manifest, video_frames], partition_key="clips-00000", instance=instance, resources=resources
+            ).success
+            after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            assert after.get_requested_partitions(key) == {"clips-00000"}
+            return after.cursor
+
         before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        assert before.get_requested_partitions(dg.AssetKey("video_shots")) == set()
-        frames = dg.materialize(
-            [video_manifest, video_frames], partition_key="clips-00000", instance=instance, resources=resources
-        )
-        assert frames.success
-        requested = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
-        assert requested.get_requested_partitions(dg.AssetKey("video_shots")) == {"clips-00000"}
+        assert before.get_requested_partitions(key) == set()
+        cursor = frames_land(before.cursor)
+
+        (tmp_path / "shots").symlink_to(read_only_folder)  # a shots folder nobody can write: no retry either
+        assert "clips-00000 cannot be written" in failed_once(shots_run())
+        (tmp_path / "shots").unlink()
 
         result = shots_run()
         published = read_shots(FramesStore(tmp_path), "clips-00000")
@@ -369,16 +428,31 @@ def test_video_shots_runs_after_video_frames_in_dagster(
 
         monkeypatch.setattr("frames_pipeline.shot_shards.video_shots", without_last_shot)
         broken = shots_run()
-    assert "not published: 1 video(s) have shots that leave frames out" in step_error(broken)
-    assert {e.check_name: e.passed for e in broken.get_asset_check_evaluations()}[SHOTS_COVER_CHECK] is False
+        blocked_tags = instance.get_run_by_id(broken.run_id).tags
+        # Blocked shots wait: nothing asks for them again until the shard's frames are published again.
+        waiting = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        assert waiting.get_requested_partitions(key) == set()
+        frames_land(waiting.cursor)
+    # Dagster fails the step for the blocking check, once, naming it; the run says which checks blocked it.
+    failure = broken.failure_data_for_node("video_shots")
+    assert failure is not None and failure.error.cls_name == "DagsterAssetCheckFailedError"
+    assert f"video_shots: {SHOTS_COVER_CHECK}" in failure.error.message
+    assert [e.event_type_value for e in broken.all_events].count("STEP_UP_FOR_RETRY") == 0
+    assert blocked_tags[BLOCKED_TAG] == SHOTS_COVER_CHECK
+    (cover,) = [e for e in broken.get_asset_check_evaluations() if e.check_name == SHOTS_COVER_CHECK]
+    assert (cover.passed, cover.partition) == (False, "clips-00000")
+    assert cover.description == "1 video(s) have shots that leave frames out, overlap or belong to no ok video"
     assert read_shots(FramesStore(tmp_path), "clips-00000").equals(published)
     assert sorted(p.name for p in (tmp_path / "shots").iterdir()) == [".clips-00000.lock", "clips-00000"]
+
     assert result.success
-    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == dict.fromkeys(
-        (SHOTS_PRESENT_CHECK, SHOTS_ORDER_CHECK, SHOTS_COVER_CHECK), True
-    )
+    evaluations = result.get_asset_check_evaluations()
+    assert {(e.check_name, e.passed, e.partition) for e in evaluations} == {
+        (name, True, "clips-00000") for name in (SHOTS_PRESENT_CHECK, SHOTS_ORDER_CHECK, SHOTS_COVER_CHECK)
+    }
     values = {k: v.value for k, v in result.asset_materializations_for_node("video_shots")[0].metadata.items()}
     assert (values["num_videos"], values["num_ok"], values["num_failed"]) == (2, 1, 1)
+    assert values["dagster/row_count"] == 2
     assert values["shot_count"] == len(CUT_SCENES) and isinstance(values["shot_count"], int)
     assert values["shots_per_minute"] == pytest.approx(len(CUT_SCENES) / (sum(CUT_SCENES) / 25 / 60), rel=1e-3)
     assert values["frame_count"] == sum(CUT_SCENES) and values["detect_fps"] > 0
@@ -388,11 +462,14 @@ def test_video_shots_runs_after_video_frames_in_dagster(
     assert [r.data["video_id"] for r in values["videos"].records] == ["cuts", "bad"]
 
 
-def step_error(result: dg.ExecuteInProcessResult) -> str:
-    """The error of the run's one failed step."""
+def failed_once(result: dg.ExecuteInProcessResult) -> str:
+    """The description of the run's one failed step, which was not retried."""
     assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    return str(failure.step_failure_data.error)
+    events = [e.event_type_value for e in result.all_events]
+    assert events.count("STEP_FAILURE") == 1 and "STEP_UP_FOR_RETRY" not in events
+    failure = result.failure_data_for_node("video_shots")
+    assert failure is not None and failure.user_failure_data is not None, failure
+    return failure.user_failure_data.description
 
 
 def bundled_video() -> Path:

@@ -33,7 +33,8 @@ import json
 import os
 import posixpath
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +48,8 @@ from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.store import (
     FRAMES,
     INDEX_NAME,
+    MANIFEST_HASH_KEY,
+    SHARD_SIZE_KEY,
     VERSION_PATTERN,
     Dataset,
     FramesStore,
@@ -83,6 +86,21 @@ class ShardUnwritableError(RuntimeError):
 UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+@contextmanager
+def unwritable_as_error(key: str, folder: str) -> Iterator[None]:
+    """Raise ``ShardUnwritableError`` for an OSError inside that says shard ``key`` cannot be written in
+    ``folder`` (the dataset's folder, named in the message as what to make writable); others pass."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ShardUnwritableError(
+            f"shard {key} cannot be written: {exc.strerror}{where}; free space or make {folder} writable"
+        ) from exc
+
+
 class ShardWriter:
     """One new version of a shard, written in the shard's work folder and published with ``publish``.
 
@@ -111,6 +129,7 @@ class ShardWriter:
         self._adopt_earlier_version()
         self._done.mkdir(parents=True, exist_ok=True)
         self._index: pa.Table | None = None
+        self._cut: dict[str, str] = {}
         self.published = False
 
     @property
@@ -172,9 +191,15 @@ class ShardWriter:
         fsync(path)
         return path
 
-    def write_index(self, records: Iterable[Mapping[str, Any]]) -> Path:
-        """Write ``index.parquet`` (the dataset's index columns) into the unpublished shard."""
+    def write_index(
+        self, records: Iterable[Mapping[str, Any]], *, manifest_hash: str | None, shard_size: int | None
+    ) -> Path:
+        """Write ``index.parquet`` (the dataset's index columns) into the unpublished shard, with the
+        manifest version and shard size its rows were cut with (what ``FramesStore.published`` reads
+        back). None records nothing: shots of frames published before the cut was recorded."""
         self._index = pa.Table.from_pylist(list(records), schema=self.dataset.index_schema)
+        cut = {MANIFEST_HASH_KEY: manifest_hash, SHARD_SIZE_KEY: None if shard_size is None else str(shard_size)}
+        self._cut = {name: value for name, value in cut.items() if value is not None}
         return self._write_index(PublishedVersions(self.version, {}))
 
     def publish(self) -> str:
@@ -234,7 +259,7 @@ class ShardWriter:
         # Our own handle, closed even when the write fails: pyarrow's, given a path, stays open (on
         # a deleted file, holding its space) for as long as the exception is kept.
         with pa.OSFile(str(path), "wb") as sink:
-            pq.write_table(self._index.replace_schema_metadata(versions.metadata()), sink)
+            pq.write_table(self._index.replace_schema_metadata(versions.metadata() | self._cut), sink)
         fsync(path)
         return path
 

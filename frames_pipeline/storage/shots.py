@@ -20,34 +20,36 @@ import pandas as pd
 import pyarrow as pa
 
 from frames_pipeline.storage.locations import read_parquet
-from frames_pipeline.storage.store import Dataset, FramesStore
+from frames_pipeline.storage.store import Dataset, FramesStore, column_field
 
 SHOTS_FILE = "shots.parquet"
 PREVIEW_FILE = "shots_preview.png"
 
 SHOTS_INDEX_SCHEMA = pa.schema(
     [
-        ("manifest_row", pa.int64()),
-        ("video_id", pa.string()),
-        ("status", pa.string()),  # "ok" or "failed"
-        ("num_frames", pa.int64()),  # frames the model saw; null when none could be read
-        ("num_shots", pa.int64()),  # null when failed
-        ("duration_s", pa.float64()),  # end of the last shot minus start of the first; null when failed
-        ("error_reason", pa.string()),  # frames_failed, frames_unreadable, wrong_frame_size
-        ("error", pa.string()),
-        ("hint", pa.string()),  # what to do about the error
-        ("shots_file", pa.string()),  # "<version>/shots.parquet", relative to the shard folder; null when failed
+        column_field("manifest_row", pa.int64(), "row of the manifest (1-based data rows)"),
+        column_field("video_id", pa.string(), "the video's id in the frames index"),
+        column_field("status", pa.string(), "ok or failed"),
+        column_field("num_frames", pa.int64(), "frames the model scored; null when none could be read"),
+        column_field("num_shots", pa.int64(), "shots found; null when failed"),
+        column_field("duration_s", pa.float64(), "end of the last shot minus start of the first; null when failed"),
+        column_field("error_reason", pa.string(), "frames_failed, frames_unreadable or wrong_frame_size"),
+        column_field("error", pa.string(), "what went wrong"),
+        column_field("hint", pa.string(), "what to do about the error"),
+        column_field(
+            "shots_file", pa.string(), "<version>/shots.parquet relative to the shard folder; null when failed"
+        ),
     ]
 )
 
 SHOTS_SCHEMA = pa.schema(
     [
-        ("video_id", pa.string()),
-        ("shot", pa.int64()),  # 0, 1, ... in the video's order
-        ("first_frame", pa.int64()),
-        ("last_frame", pa.int64()),  # inclusive
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
+        column_field("video_id", pa.string(), "the video's id in the frames index"),
+        column_field("shot", pa.int64(), "0, 1, ... in the video's order"),
+        column_field("first_frame", pa.int64(), "the shot's first frame in the video's frames file"),
+        column_field("last_frame", pa.int64(), "the shot's last frame (inclusive)"),
+        column_field("start_s", pa.float64(), "when the first frame is shown (its pts), seconds"),
+        column_field("end_s", pa.float64(), "when the frame after the last one is shown (the next start_s), seconds"),
     ]
 )
 
