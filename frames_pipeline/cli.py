@@ -146,8 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--json", action="store_true", help="one JSON object per shard instead of a table")
 
     serve_help = (
-        "Serve the contact sheets and the summary chart of a local data root over HTTP, read-only, so the Dagster "
-        f"UI shows them in place: set {PREVIEW_URL_ENV}=http://HOST:PORT for the code location."
+        "Serve the contact sheets, shot previews and the summary chart of a local data root over HTTP, read-only, "
+        f"so the Dagster UI shows them in place: set {PREVIEW_URL_ENV}=http://HOST:PORT for the code location."
     )
     serve = commands.add_parser("serve-previews", help="serve a data root's pictures to the UI", description=serve_help)
     serve.add_argument("--data", help=f"data root folder (default: ${DATA_ENV} or ./data)")

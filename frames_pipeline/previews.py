@@ -1,10 +1,11 @@
-"""Pictures for people: a contact sheet of a shard's frames and a chart of the totals over shards.
+"""Pictures for people: a contact sheet of a shard's frames, a sheet of its shots, and a chart of the
+totals over shards.
 
-Both are PNGs drawn with Pillow and returned as bytes; the store keeps them next to the data, and the
-Dagster layer links or embeds them (`defs/metadata.py`). Both have a bounded size whatever the data:
-the sheet shows at most `MAX_VIDEOS` videos, the chart one bar per shard state and per failure
-reason, never one per shard (per-shard numbers are plotted by Dagster itself, from each shard's
-metadata).
+All are PNGs drawn with Pillow and returned as bytes; the store keeps them next to the data, and the
+Dagster layer links or embeds them (`defs/metadata.py`). All have a bounded size whatever the data:
+the sheets show at most `MAX_VIDEOS` videos (and the shot sheet `MAX_SHOTS_SHOWN` shots of each), the
+chart one bar per shard state and per failure reason, never one per shard (per-shard numbers are
+plotted by Dagster itself, from each shard's metadata).
 """
 
 from __future__ import annotations
@@ -133,3 +134,51 @@ def _png(image: Image.Image) -> bytes:
 def markdown_image(png: bytes, alt: str) -> str:
     """Markdown that shows ``png`` inline (a data URI: the UI needs no file server)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+SHOTS_PER_LINE = 6  # 27x48 frames at SHOT_TILE_SCALE: about 600 px, as wide as the contact sheet
+MAX_SHOTS_SHOWN = 24  # per video; the label counts the rest
+SHOT_TILE_SCALE = 2
+
+
+@dataclass(frozen=True)
+class ShotSheetRow:
+    """One video of a shot sheet: its id, one frame of each of its shots (S, H, W, 3), or None and a
+    note saying why it has none."""
+
+    video_id: str
+    frames: np.ndarray | None
+    note: str = ""
+
+
+def shot_sheet(rows: Sequence[ShotSheetRow]) -> bytes:
+    """A PNG with a frame of every shot of each video, ``SHOTS_PER_LINE`` to a line under the video's
+    id and shot count, videos without shots first (with their note), at most ``MAX_SHOTS_SHOWN`` shots
+    per video and ``MAX_VIDEOS`` videos."""
+    ordered = sorted(rows, key=lambda row: row.frames is not None)  # stable: index order within each
+    shown = ordered[:MAX_VIDEOS]
+    tile_h, tile_w = next((r.frames.shape[1:3] for r in shown if r.frames is not None and len(r.frames)), (27, 48))
+    tile_h, tile_w = tile_h * SHOT_TILE_SCALE, tile_w * SHOT_TILE_SCALE
+    label_h = 20
+    lines = [-(-min(len(r.frames), MAX_SHOTS_SHOWN) // SHOTS_PER_LINE) if r.frames is not None else 0 for r in shown]
+    heights = [label_h + n * (tile_h + _PAD) + _PAD for n in lines]
+    width = _PAD + SHOTS_PER_LINE * (tile_w + _PAD)
+    more_h = label_h + _PAD if len(rows) > len(shown) else 0
+    sheet = Image.new("RGB", (width, max(label_h, sum(heights) + more_h)), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    tops = [sum(heights[:i]) for i in range(len(heights))]  # none for a shard without videos
+    for top, row in zip(tops, shown, strict=True):
+        if row.frames is None:
+            label, fill = f"{row.video_id}  {row.note}", _FAILED
+        else:
+            hidden = f", {len(row.frames) - MAX_SHOTS_SHOWN} not shown" if len(row.frames) > MAX_SHOTS_SHOWN else ""
+            label, fill = f"{row.video_id}: {len(row.frames)} shots{hidden}", _TEXT
+        draw.text((_PAD, top + 2), _fit(draw, label, width - 2 * _PAD), fill=fill, font=_FONT)
+        for i, frame in enumerate(row.frames[:MAX_SHOTS_SHOWN] if row.frames is not None else []):
+            tile = Image.fromarray(np.ascontiguousarray(frame)).resize((tile_w, tile_h), Image.Resampling.NEAREST)
+            line, column = divmod(i, SHOTS_PER_LINE)
+            sheet.paste(tile, (_PAD + column * (tile_w + _PAD), top + label_h + line * (tile_h + _PAD)))
+    if len(rows) > len(shown):
+        more = f"... {len(rows) - len(shown)} more videos (the shots index lists them all)"
+        draw.text((_PAD, sum(heights) + 2), _fit(draw, more, width - 2 * _PAD), fill=_TEXT, font=_FONT)
+    return _png(sheet)

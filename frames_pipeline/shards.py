@@ -18,7 +18,7 @@ from typing import Any
 from frames_pipeline.decode import DecodeOptions, VideoJob, VideoOutcome
 from frames_pipeline.previews import SheetRow, contact_sheet
 from frames_pipeline.storage.manifest import ManifestRow
-from frames_pipeline.storage.shard_writer import UNWRITABLE_ERRNOS, ShardUnwritableError, ShardWriter
+from frames_pipeline.storage.shard_writer import ShardWriter, unwritable_as_error
 from frames_pipeline.storage.store import BlockedShard, FramesStore, frames_problem
 
 CONTACT_SHEET = "contact_sheet.png"  # inside each shard version, published with it
@@ -56,16 +56,14 @@ class ShardInputs:
 
 @dataclass(frozen=True)
 class ShardCheck:
-    """One check of a shard, judged on the unpublished version; ``details`` are numbers and short lists."""
+    """One check of a shard, judged on the unpublished version; ``details`` are numbers and short lists.
+    A failed ``blocking`` check keeps the shard from being published."""
 
     name: str
     passed: bool
     description: str
     details: dict[str, Any]
-
-    @property
-    def blocking(self) -> bool:
-        return self.name in BLOCKING_CHECKS
+    blocking: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,12 @@ class ShardReport:
     @property
     def blocked_by(self) -> list[ShardCheck]:
         """The failed blocking checks: why the shard was not published."""
-        return [c for c in self.checks if c.blocking and not c.passed]
+        return blocking_failures(self.checks)
+
+
+def blocking_failures(checks: Iterable[ShardCheck]) -> list[ShardCheck]:
+    """The checks of ``checks`` that failed and keep a shard from being published."""
+    return [c for c in checks if c.blocking and not c.passed]
 
 
 def decode_shard(
@@ -116,15 +119,8 @@ def decode_shard(
     ``ShardUnwritableError`` if its folder is read-only or full (a video that could not be written is
     only a ``write_failed`` row; the shard's own files must be written).
     """
-    try:
+    with unwritable_as_error(key, store.frames_dir):
         return _decode_shard(store, key, rows, decode, inputs, resume, progress)
-    except OSError as exc:
-        if exc.errno not in UNWRITABLE_ERRNOS:
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise ShardUnwritableError(
-            f"shard {key} cannot be written: {exc.strerror}{where}; free space or make {store.frames_dir} writable"
-        ) from exc
 
 
 def _decode_shard(
@@ -167,7 +163,7 @@ def _decode_shard(
             ]
         )
         shard.write_file(CONTACT_SHEET, sheet)
-        blocked_by = [c for c in checks if c.blocking and not c.passed]
+        blocked_by = blocking_failures(checks)
         if blocked_by:
             shard.discard()  # judged, not interrupted: nothing to resume
             published = None
@@ -223,17 +219,20 @@ def shard_checks(
             passed=not mismatched,
             description=f"{len(mismatched)} video(s) decoded a different number of frames than probed",
             details={"num_mismatched": len(mismatched), "mismatched": mismatched[:_LISTED]},
+            blocking=FRAME_COUNT_CHECK in BLOCKING_CHECKS,
         ),
         ShardCheck(
             ARRAY_CHECK,
             passed=not malformed,
             description=f"{len(malformed)} array(s) not (N, {output_hw[0]}, {output_hw[1]}, 3) uint8 with N timestamps",
             details={"num_malformed": len(malformed), "malformed": malformed[:_LISTED]},
+            blocking=ARRAY_CHECK in BLOCKING_CHECKS,
         ),
         ShardCheck(
             FAILED_RATIO_CHECK,
             passed=ratio <= max_failed_ratio,
             description=f"{num_failed}/{len(records)} video(s) failed (ratio {ratio:.2f}, limit {max_failed_ratio})",
             details={"failed_ratio": ratio, "max_failed_ratio": max_failed_ratio, "num_failed": num_failed},
+            blocking=FAILED_RATIO_CHECK in BLOCKING_CHECKS,
         ),
     ]

@@ -21,6 +21,7 @@ from frames_pipeline.defs.schedules import pending_shards_schedule
 from frames_pipeline.defs.sensors import InvalidManifests, manifest_sensor
 from frames_pipeline.demo.clips import write_video
 from frames_pipeline.deployment import DECODE_POOL
+from frames_pipeline.shots import shots_available
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.manifest import SHARD_SIZE_ENV, file_hash
 from frames_pipeline.storage.store import INDEX_SCHEMA, FramesStore
@@ -86,10 +87,12 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
+    with_shots = shots_available()  # the shots extra adds video_shots and its resource (tests/test_shots.py)
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "video_manifest",
         "video_frames",
         "frames_summary",
+        *(["video_shots"] if with_shots else []),
     }
     frames = defs.resolve_assets_def("video_frames")
     assert frames.partitions_def == video_shards
@@ -101,7 +104,7 @@ def test_definitions_load() -> None:
         "arrays_well_formed": (True, video_shards),
         "failed_ratio": (True, video_shards),
     }
-    assert set(defs.resources) == {"frame_decoder", "frames_data"}
+    assert set(defs.resources) == {"frame_decoder", "frames_data", *(["shot_detector"] if with_shots else [])}
     assert defs.resolve_sensor_def("manifest_sensor").description
     assert defs.resolve_schedule_def("pending_shards_schedule").cron_schedule == "0 * * * *"
 

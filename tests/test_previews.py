@@ -15,7 +15,18 @@ import pytest
 from PIL import Image
 
 from frames_pipeline.preview_server import preview_server
-from frames_pipeline.previews import MAX_VIDEOS, TILE_SCALE, SheetRow, contact_sheet, summary_chart
+from frames_pipeline.previews import (
+    MAX_SHOTS_SHOWN,
+    MAX_VIDEOS,
+    SHOT_TILE_SCALE,
+    SHOTS_PER_LINE,
+    TILE_SCALE,
+    SheetRow,
+    ShotSheetRow,
+    contact_sheet,
+    shot_sheet,
+    summary_chart,
+)
 
 BAR = (90, 140, 220)
 
@@ -59,13 +70,33 @@ def test_the_contact_sheet_shows_failed_videos_first_and_at_most_max_videos(tmp_
     assert reddish.any()  # the failed video comes first, its reason in red
 
 
+def test_the_shot_sheet_shows_videos_without_shots_first_and_is_bounded() -> None:
+    tile_h, tile_w = 27 * SHOT_TILE_SCALE, 48 * SHOT_TILE_SCALE
+    one_line = image(shot_sheet([ShotSheetRow("a", np.full((SHOTS_PER_LINE, 27, 48, 3), 200, np.uint8))]))
+    two_lines = image(shot_sheet([ShotSheetRow("a", np.full((SHOTS_PER_LINE + 1, 27, 48, 3), 200, np.uint8))]))
+    assert two_lines.shape[0] == one_line.shape[0] + tile_h + 6  # a line of tiles per SHOTS_PER_LINE shots
+    assert one_line.shape[1] < SHOTS_PER_LINE * (tile_w + 10) < 700  # fits the UI's metadata column
+    many = np.zeros((10 * MAX_SHOTS_SHOWN, 27, 48, 3), np.uint8)
+    rows = [ShotSheetRow(f"v{i}", many) for i in range(MAX_VIDEOS + 5)] + [ShotSheetRow("bad", None, "frames_failed")]
+    sheet = image(shot_sheet(rows))
+    lines_per_video = -(-MAX_SHOTS_SHOWN // SHOTS_PER_LINE)
+    assert sheet.shape[0] < MAX_VIDEOS * (30 + lines_per_video * (tile_h + 6))  # bounded: shots and videos
+    first_label = sheet[:20]
+    assert ((first_label[..., 0] > 200) & (first_label[..., 1] < 150)).any()  # the video without shots, in red
+    assert image(shot_sheet([])).shape[0] == 20  # a shard without videos: an empty sheet, not an error
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (tmp_path / "frames" / "s-00000" / "v-1").mkdir(parents=True)
     (tmp_path / "frames" / "s-00000" / "v-1" / "contact_sheet.png").write_bytes(b"\x89PNG sheet")
     (tmp_path / "frames" / "s-00000" / "index.parquet").write_bytes(b"index")
     (tmp_path / "frames" / "summary.png").write_bytes(b"\x89PNG chart")
+    (tmp_path / "shots" / "s-00000" / "v-1").mkdir(parents=True)
+    (tmp_path / "shots" / "s-00000" / "v-1" / "shots_preview.png").write_bytes(b"\x89PNG shots")
     (tmp_path / "secret.png").write_bytes(b"\x89PNG outside")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "x.png").write_bytes(b"\x89PNG not a picture of ours")
     (tmp_path / "frames" / "link.png").symlink_to(tmp_path / "secret.png")
     server = preview_server(tmp_path, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -83,9 +114,12 @@ def test_the_server_serves_pictures_and_nothing_else(served: tuple[str, Path]) -
     with urllib.request.urlopen(f"{base}/frames/s-00000/v-1/contact_sheet.png") as sheet:
         assert sheet.read() == b"\x89PNG sheet" and sheet.headers["Content-Type"] == "image/png"
         assert "immutable" in sheet.headers["Cache-Control"]  # a version never changes
+    with urllib.request.urlopen(f"{base}/shots/s-00000/v-1/shots_preview.png") as shots:  # extra shots
+        assert shots.read() == b"\x89PNG shots" and "immutable" in shots.headers["Cache-Control"]
     with urllib.request.urlopen(f"{base}/frames/summary.png") as chart:
         assert chart.read() == b"\x89PNG chart" and chart.headers["Cache-Control"] == "no-cache"
-    for path in ("/frames/s-00000/index.parquet", "/secret.png", "/frames/../secret.png", "/frames/link.png", "/"):
+    refused_paths = ("/frames/s-00000/index.parquet", "/secret.png", "/frames/../secret.png", "/frames/link.png", "/")
+    for path in (*refused_paths, "/shots/../secret.png", "/manifests/x.png"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}{path}")
         assert refused.value.code == 404, path

@@ -78,7 +78,7 @@ def version_files(version: str, *video_ids: str) -> list[str]:
 
 def hidden_entries(store: FramesStore) -> list[str]:
     return sorted(
-        p.name for p in store.staging_dir.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")
+        p.name for p in store.staging_dir().iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")
     )
 
 

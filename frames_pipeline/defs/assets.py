@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from frames_pipeline.decode import VideoOutcome
-from frames_pipeline.defs.checks import check_result, video_frames_check_specs
+from frames_pipeline.defs.checks import VIDEO_FRAMES_CHECKS, shard_check_specs, shard_outcome
 from frames_pipeline.defs.metadata import (
     INDEX_COLUMNS,
     frames_metadata,
@@ -23,7 +23,7 @@ from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResou
 from frames_pipeline.defs.shard_status import registered_cuts
 from frames_pipeline.deployment import DECODE_POOL, video_frames_op_tags
 from frames_pipeline.previews import summary_chart
-from frames_pipeline.shards import CODE_VERSION, DEFAULT_MAX_FAILED_RATIO, ShardInputs, decode_shard
+from frames_pipeline.shards import BLOCKING_CHECKS, CODE_VERSION, DEFAULT_MAX_FAILED_RATIO, ShardInputs, decode_shard
 from frames_pipeline.storage.manifest import ManifestError, ShardManifest, parse_shard_key, read_shard
 from frames_pipeline.storage.shard_writer import ShardBusyError, ShardUnwritableError
 from frames_pipeline.storage.status import INVALID, ShardState, shard_states
@@ -35,7 +35,6 @@ OWNERS = ["team:frames_pipeline"]
 # Run tags every shard run carries, whoever launched it (sensor, schedule, backfill, the UI).
 MANIFEST_TAG = "frames_pipeline/manifest"
 DECODER_TAG = "frames_pipeline/decoder_mode"
-BLOCKED_TAG = "frames_pipeline/blocked_by"
 # One shard per run, whoever launches a backfill: each shard's checks are reported for its own
 # partition (Dagster attributes a check result to the step's single partition key), its run is
 # retried and limited on its own, and at 100 videos a shard the run's start-up is a few percent of its work
@@ -96,7 +95,7 @@ def video_manifest(context: dg.AssetExecutionContext, frames_data: FramesDataRes
     pool=DECODE_POOL,
     op_tags=video_frames_op_tags(),  # one GPU on Ray / Kubernetes when the decoder mode needs one
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
-    check_specs=video_frames_check_specs("video_frames"),
+    check_specs=shard_check_specs("video_frames", VIDEO_FRAMES_CHECKS, BLOCKING_CHECKS),
     # A shard that fails a blocking check yields its check results and no materialization; Dagster
     # then fails the step itself, naming the checks, without retrying it.
     output_required=False,
@@ -143,20 +142,13 @@ def video_frames(
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     except ShardUnwritableError as exc:  # read-only or full: a retry fails the same way until someone acts
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    checks = [check_result(c) for c in report.checks]
-    if report.published is None:
-        blocked_by = ", ".join(c.name for c in report.blocked_by)
-        context.instance.add_run_tags(context.run.run_id, {BLOCKED_TAG: blocked_by})
-        context.log.error(
-            f"shard {report.key} not published: "
-            + "; ".join(c.description for c in report.blocked_by)
-            + ". It is not retried until its manifest, the shard size or the decoder settings change."
-        )
-        yield from checks
-        return
-    yield dg.MaterializeResult(
-        metadata=frames_metadata(report, video_manifest, inputs, frame_decoder.effective_mode),
-        check_results=checks,
+    yield from shard_outcome(
+        context,
+        f"shard {report.key}",
+        report.checks,
+        report.published is not None,
+        "It is not retried until its manifest, the shard size or the decoder settings change.",
+        lambda: frames_metadata(report, video_manifest, inputs, frame_decoder.effective_mode),
     )
 
 

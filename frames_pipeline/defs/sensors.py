@@ -118,11 +118,22 @@ def _stem(key: str) -> str | None:
         return None
 
 
-summary_automation_sensor = dg.AutomationConditionSensorDefinition(
+def automation_sensor(
+    name: str, target: dg.AssetsDefinition, description: str
+) -> dg.AutomationConditionSensorDefinition:
+    """A sensor, running by default, that evaluates ``target``'s automation condition every 30 seconds
+    in the Dagster daemon (`dg dev` starts one) and runs it when it holds: ``description`` says when."""
+    return dg.AutomationConditionSensorDefinition(
+        name,
+        target=[target],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description=f"{description} Evaluated every 30 seconds in the Dagster daemon (`dg dev` starts one).",
+    )
+
+
+summary_automation_sensor = automation_sensor(
     "summary_automation_sensor",
-    target=[frames_summary],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    description='Evaluates `frames_summary`\'s automation condition ("shards landed") every 30 seconds and '
-    "refreshes the summary when it holds. Runs in the Dagster daemon (`dg dev` starts one).",
+    frames_summary,
+    'Refreshes `frames_summary` when its automation condition ("shards landed") holds.',
 )

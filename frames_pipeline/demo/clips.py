@@ -138,6 +138,23 @@ def vfr_timestamps(count: int = 40) -> NDArray[np.float64]:
     return np.concatenate([[0.0], np.cumsum(gaps)])
 
 
+def scene_frames(
+    lengths: Sequence[int], size: tuple[int, int] = CORPUS_HW, seed: int = _SEED
+) -> Iterator[NDArray[np.uint8]]:
+    """Frames of ``len(lengths)`` scenes joined by hard cuts, scene ``i`` ``lengths[i]`` frames long: each
+    a different blocky colour texture panning a pixel per frame, so that only the cuts change the picture."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for length in lengths:
+        blocks = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+        texture = np.kron(blocks, np.ones((-(-2 * height // 6), -(-2 * width // 10), 1), dtype=np.uint8))
+        step_y, step_x = rng.choice([-1, 1], size=2)
+        for i in range(length):
+            top = int(np.clip(height // 2 + step_y * i, 0, texture.shape[0] - height))
+            left = int(np.clip(width // 2 + step_x * i, 0, texture.shape[1] - width))
+            yield texture[top : top + height, left : left + width]
+
+
 def run_ffmpeg(*args: str) -> None:
     """Run the bundled ffmpeg CLI quietly; raise with its stderr on failure."""
     cmd = [find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]

@@ -10,8 +10,9 @@ records the versions it replaced and when (``store.PublishedVersions``), and the
 after their grace deletes them.
 
 Each shard is written on local disk first, in its work folder ``<staging>/.<key>.work``, where
-``<staging>`` is the frames folder itself for a local root (so the version moves into place with a
-rename) and ``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote one. An exclusive
+``<staging>`` is the dataset's own folder (``frames``, ``shots``) for a local root (so the version
+moves into place with a rename) and a folder per data root and dataset under
+``$FRAMES_PIPELINE_STAGING`` (default: the temp folder) for a remote one. An exclusive
 ``flock`` on ``<staging>/.<key>.lock`` lets one writer at a time work on a shard there; the kernel
 releases it when a writer dies. Writers on different machines of a remote root cannot share that
 lock, and do not need it for safety: each uploads its own version folder, the last index written
@@ -32,7 +33,8 @@ import json
 import os
 import posixpath
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -44,11 +46,12 @@ import pyarrow.parquet as pq
 from frames_pipeline.decode import pts_path
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.store import (
+    FRAMES,
     INDEX_NAME,
-    INDEX_SCHEMA,
     MANIFEST_HASH_KEY,
     SHARD_SIZE_KEY,
     VERSION_PATTERN,
+    Dataset,
     FramesStore,
     PublishedVersions,
     frames_problem,
@@ -83,18 +86,34 @@ class ShardUnwritableError(RuntimeError):
 UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+@contextmanager
+def unwritable_as_error(key: str, folder: str) -> Iterator[None]:
+    """Raise ``ShardUnwritableError`` for an OSError inside that says shard ``key`` cannot be written in
+    ``folder`` (the dataset's folder, named in the message as what to make writable); others pass."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ShardUnwritableError(
+            f"shard {key} cannot be written: {exc.strerror}{where}; free space or make {folder} writable"
+        ) from exc
+
+
 class ShardWriter:
     """One new version of a shard, written in the shard's work folder and published with ``publish``.
 
     Use as a context manager. Leaving without ``publish`` keeps the published version (if any) as
     it was, and deletes the work unless ``resume`` is on, in which case the next run resumes it.
+    ``dataset`` says which shards these are (frames, or shots): where they live and their index's columns.
     """
 
-    def __init__(self, store: FramesStore, key: str, *, resume: bool = False) -> None:
+    def __init__(self, store: FramesStore, key: str, *, resume: bool = False, dataset: Dataset = FRAMES) -> None:
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"unsafe shard key {key!r}")
-        self.store, self.key, self.resume = store, key, resume
-        staging = store.staging_dir
+        self.store, self.key, self.resume, self.dataset = store, key, resume, dataset
+        staging = store.staging_dir(dataset)
         staging.mkdir(parents=True, exist_ok=True)
         self._lock = open(staging / f".{key}.lock", "a+b")  # noqa: SIM115 - held until close
         try:
@@ -115,7 +134,7 @@ class ShardWriter:
 
     @property
     def version_dir(self) -> Path:
-        """The folder that becomes ``frames/<key>/<version>`` when published."""
+        """The folder that becomes ``<dataset folder>/<key>/<version>`` when published."""
         return self.dir / self.version
 
     def frames_file(self, video_id: str) -> str:
@@ -172,19 +191,23 @@ class ShardWriter:
         fsync(path)
         return path
 
-    def write_index(self, records: Iterable[Mapping[str, Any]], *, manifest_hash: str, shard_size: int) -> Path:
-        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard, with the manifest
-        version and shard size its rows were cut with (what ``FramesStore.published`` reads back)."""
-        self._index = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA)
-        self._cut = {MANIFEST_HASH_KEY: manifest_hash, SHARD_SIZE_KEY: str(shard_size)}
+    def write_index(
+        self, records: Iterable[Mapping[str, Any]], *, manifest_hash: str | None, shard_size: int | None
+    ) -> Path:
+        """Write ``index.parquet`` (the dataset's index columns) into the unpublished shard, with the
+        manifest version and shard size its rows were cut with (what ``FramesStore.published`` reads
+        back). None records nothing: shots of frames published before the cut was recorded."""
+        self._index = pa.Table.from_pylist(list(records), schema=self.dataset.index_schema)
+        cut = {MANIFEST_HASH_KEY: manifest_hash, SHARD_SIZE_KEY: None if shard_size is None else str(shard_size)}
+        self._cut = {name: value for name, value in cut.items() if value is not None}
         return self._write_index(PublishedVersions(self.version, {}))
 
     def publish(self) -> str:
         """Move the version into the store, then its index; returns the shard's location."""
-        shard = self.store.shard_location(self.key)
+        shard = self.store.shard_location(self.key, self.dataset)
         if self._index is None:
             raise RuntimeError(f"shard {self.key}: write_index before publish")
-        before = published_versions(self.store, self.key)
+        before = published_versions(self.store, self.key, self.dataset)
         now = datetime.now(UTC)
         kept = {name: when for name, when in before.replaced.items() if now - when < REPLACED_VERSION_GRACE}
         if before.version:
@@ -198,7 +221,7 @@ class ShardWriter:
             fsync(Path(shard.path))
         else:
             _upload_folder(self.version_dir, shard.child(self.version))
-            shard.fs.put_file(str(index), self.store.index_location(self.key).path)  # one PUT publishes the version
+            shard.fs.put_file(str(index), shard.child(INDEX_NAME).path)  # one PUT publishes the version
         self.published = True
         self._remove_old_versions(shard, kept, expired=set(before.replaced) - set(kept))
         self.discard()

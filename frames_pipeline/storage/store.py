@@ -9,7 +9,9 @@ such as ``s3://bucket/prefix``; the layout is the same on both::
     frames/<shard key>/<version>/<video_id>.pts.npy   presentation times in seconds
     frames/<shard key>/<version>/contact_sheet.png
     frames/.blocked/<shard key>.json              why the shard's last run was not published (BlockedShard)
+    shots/<shard key>/...                         the shots of the shard's frames (``storage/shots.py``)
 
+Every dataset (frames, shots) is a ``Dataset``: its shards are laid out and published the same way.
 Readers go through the index: it names each video's files relative to the shard folder, and it is
 replaced in one step when a new version is published (``shard_writer.py`` says how), so a reader
 of the index sees one whole version. The version an index names stays readable for a grace period
@@ -26,10 +28,12 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,40 +56,54 @@ SHARD_SIZE_KEY = "frames_pipeline.shard_size"
 BLOCKED_DIR = ".blocked"  # in the frames folder
 
 
-def _column(name: str, kind: pa.DataType, description: str) -> pa.Field:
-    # The description travels in the Parquet file and is what the Dagster UI shows as the column schema.
+def column_field(name: str, kind: pa.DataType, description: str) -> pa.Field:
+    """An index column with its description, which travels in the Parquet file and is what the Dagster
+    UI shows as the column schema."""
     return pa.field(name, kind, metadata={"description": description})
 
 
 INDEX_SCHEMA = pa.schema(
     [
-        _column("manifest_row", pa.int64(), "row of the manifest (1-based data rows)"),
-        _column("video_id", pa.string(), "safe, unique id; names the frames file"),
-        _column("source", pa.string(), "the video's path or URL (bytes of a non-UTF-8 file name appear as \\xNN)"),
-        _column("status", pa.string(), "ok or failed"),
-        _column("num_frames", pa.int64(), "frames decoded"),
-        _column("expected_frames", pa.int64(), "frames the probe counted; null when the probe failed"),
-        _column("height", pa.int32(), "output height"),
-        _column("width", pa.int32(), "output width"),
-        _column("requested_mode", pa.string(), "decoder mode asked for"),
-        _column("decode_mode", pa.string(), "decoder mode used; null when nothing decoded"),
-        _column("fallback_reason", pa.string(), "why the mode used is not the one asked for"),
-        _column("error_reason", pa.string(), "reason code of a failure, such as not_found, corrupt, timeout"),
-        _column("error", pa.string(), "what went wrong"),
-        _column("hint", pa.string(), "what to do about the error"),
-        _column("warnings", pa.list_(pa.string()), "decoder warnings of a video that decoded"),
-        _column("decode_s", pa.float64(), "seconds spent on the video"),
-        _column("codec", pa.string(), "source codec (null when the probe failed, as for all source_ columns)"),
-        _column("source_height", pa.int32(), "displayed source height, after rotation"),
-        _column("source_width", pa.int32(), "displayed source width, after rotation"),
-        _column("source_fps", pa.float64(), "frames per second counted from the stream"),
-        _column("source_duration_s", pa.float64(), "duration counted from the stream, seconds"),
-        _column("vfr", pa.bool_(), "variable frame rate"),
-        _column("rotation", pa.int32(), "display rotation applied, degrees"),
-        _column("mirrored", pa.bool_(), "shown mirrored left to right after the rotation"),
-        _column("frames_file", pa.string(), "<version>/<video_id>.npy relative to the shard folder; null when failed"),
+        column_field("manifest_row", pa.int64(), "row of the manifest (1-based data rows)"),
+        column_field("video_id", pa.string(), "safe, unique id; names the frames file"),
+        column_field("source", pa.string(), "the video's path or URL (bytes of a non-UTF-8 file name appear as \\xNN)"),
+        column_field("status", pa.string(), "ok or failed"),
+        column_field("num_frames", pa.int64(), "frames decoded"),
+        column_field("expected_frames", pa.int64(), "frames the probe counted; null when the probe failed"),
+        column_field("height", pa.int32(), "output height"),
+        column_field("width", pa.int32(), "output width"),
+        column_field("requested_mode", pa.string(), "decoder mode asked for"),
+        column_field("decode_mode", pa.string(), "decoder mode used; null when nothing decoded"),
+        column_field("fallback_reason", pa.string(), "why the mode used is not the one asked for"),
+        column_field("error_reason", pa.string(), "reason code of a failure, such as not_found, corrupt, timeout"),
+        column_field("error", pa.string(), "what went wrong"),
+        column_field("hint", pa.string(), "what to do about the error"),
+        column_field("warnings", pa.list_(pa.string()), "decoder warnings of a video that decoded"),
+        column_field("decode_s", pa.float64(), "seconds spent on the video"),
+        column_field("codec", pa.string(), "source codec (null when the probe failed, as for all source_ columns)"),
+        column_field("source_height", pa.int32(), "displayed source height, after rotation"),
+        column_field("source_width", pa.int32(), "displayed source width, after rotation"),
+        column_field("source_fps", pa.float64(), "frames per second counted from the stream"),
+        column_field("source_duration_s", pa.float64(), "duration counted from the stream, seconds"),
+        column_field("vfr", pa.bool_(), "variable frame rate"),
+        column_field("rotation", pa.int32(), "display rotation applied, degrees"),
+        column_field("mirrored", pa.bool_(), "shown mirrored left to right after the rotation"),
+        column_field(
+            "frames_file", pa.string(), "<version>/<video_id>.npy relative to the shard folder; null when failed"
+        ),
     ]
 )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One kind of shard the store publishes: its folder under the data root and its index's columns."""
+
+    folder: str
+    index_schema: pa.Schema
+
+
+FRAMES = Dataset("frames", INDEX_SCHEMA)
 
 
 def default_data_root() -> str:
@@ -143,20 +161,27 @@ class FramesStore:
     def frames_dir(self) -> str:
         return str(self.location.child("frames"))
 
-    def shard_dir(self, key: str) -> str:
-        return str(self.shard_location(key))
+    def shard_dir(self, key: str, dataset: Dataset = FRAMES) -> str:
+        return str(self.shard_location(key, dataset))
 
-    def has_index(self, key: str) -> bool:
+    def has_index(self, key: str, dataset: Dataset = FRAMES) -> bool:
         """Whether shard ``key`` has been published."""
-        index = self.index_location(key)
+        index = self.index_location(key, dataset)
         return bool(index.fs.isfile(index.path))
 
-    def read_index(self, key: str) -> pd.DataFrame | None:
+    def read_index(self, key: str, dataset: Dataset = FRAMES) -> pd.DataFrame | None:
         """The published index of shard ``key``, or None if the shard has never been published."""
+        read = self.read_index_and_cut(key, dataset)
+        return None if read is None else read[0]
+
+    def read_index_and_cut(self, key: str, dataset: Dataset = FRAMES) -> tuple[pd.DataFrame, PublishedShard] | None:
+        """The published index of shard ``key`` and what it says it was cut from, both from one read of
+        it (a publish in between cannot pair one version's rows with another's cut); None if unpublished."""
         try:
-            return read_parquet(self.index_location(key)).to_pandas()
+            table = read_parquet(self.index_location(key, dataset))
         except FileNotFoundError:
             return None
+        return table.to_pandas(), _published_shard(_our_metadata(table.schema))
 
     def read_frames(self, key: str, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The frames (N, H, W, 3) and timestamps (N,) of one video of the published shard ``key``.
@@ -169,19 +194,21 @@ class FramesStore:
         rows = index[index["video_id"] == video_id]
         if rows.empty:
             raise KeyError(f"shard {key} has no video {video_id!r}")
-        row = rows.iloc[0]
+        return self.read_row_frames(key, rows.iloc[0].to_dict())
+
+    def read_row_frames(self, key: str, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The frames and timestamps that ``row``, a row of the frames index of shard ``key`` that the
+        caller read, names: one read of the index serves every video of a shard. ValueError, with the
+        recorded reason, for a video that failed to decode."""
         if row["status"] != "ok":
-            raise ValueError(f"video {video_id!r} of shard {key} failed: {row['error_reason']}: {row['error']}")
+            raise ValueError(f"video {row['video_id']!r} of shard {key} failed: {row['error_reason']}: {row['error']}")
         frames = self.shard_location(key).child(row["frames_file"])
         return _load_array(frames), _load_array(frames.parent().child(pts_path(frames.name).name))
 
-    def published(self, key: str) -> PublishedShard | None:
+    def published(self, key: str, dataset: Dataset = FRAMES) -> PublishedShard | None:
         """The manifest version and shard size of the published index of ``key``; None if unpublished."""
-        metadata = _index_metadata(self, key)
-        if metadata is None:
-            return None
-        size = metadata.get(SHARD_SIZE_KEY)
-        return PublishedShard(metadata.get(MANIFEST_HASH_KEY), int(size) if size else None)
+        metadata = _index_metadata(self, key, dataset)
+        return None if metadata is None else _published_shard(metadata)
 
     def record_blocked(self, blocked: BlockedShard) -> None:
         self.write_file(f"frames/{BLOCKED_DIR}/{blocked.key}.json", blocked.to_json())
@@ -213,19 +240,19 @@ class FramesStore:
             target.fs.pipe_file(target.path, data)  # one PUT: the object appears whole or not at all
         return str(target)
 
-    @property
-    def staging_dir(self) -> Path:
-        """Local folder holding the shards being written: the frames folder for a local root."""
+    def staging_dir(self, dataset: Dataset = FRAMES) -> Path:
+        """Local folder holding the shards of ``dataset`` being written: the dataset's own folder for a
+        local root."""
         if self.location.is_local:
-            return Path(self.location.path) / "frames"
+            return Path(self.location.path) / dataset.folder
         base = Path(os.environ.get(STAGING_ENV) or tempfile.gettempdir())
-        return base / "frames_pipeline" / hashlib.sha256(self.root.encode()).hexdigest()[:16]
+        return base / "frames_pipeline" / hashlib.sha256(self.root.encode()).hexdigest()[:16] / dataset.folder
 
-    def shard_location(self, key: str) -> Location:
-        return self.location.child("frames", key)
+    def shard_location(self, key: str, dataset: Dataset = FRAMES) -> Location:
+        return self.location.child(dataset.folder, key)
 
-    def index_location(self, key: str) -> Location:
-        return self.shard_location(key).child(INDEX_NAME)
+    def index_location(self, key: str, dataset: Dataset = FRAMES) -> Location:
+        return self.shard_location(key, dataset).child(INDEX_NAME)
 
 
 def new_version() -> str:
@@ -253,22 +280,30 @@ class PublishedVersions:
         return {VERSION_KEY: self.version or "", REPLACED_KEY: json.dumps(replaced)}
 
 
-def published_versions(store: FramesStore, key: str) -> PublishedVersions:
+def published_versions(store: FramesStore, key: str, dataset: Dataset = FRAMES) -> PublishedVersions:
     """The versions the published index of ``key`` names and keeps (none for an unpublished shard)."""
-    metadata = _index_metadata(store, key) or {}
+    metadata = _index_metadata(store, key, dataset) or {}
     replaced = json.loads(metadata.get(REPLACED_KEY, "{}"))
     return PublishedVersions(
         metadata.get(VERSION_KEY) or None, {name: datetime.fromisoformat(when) for name, when in replaced.items()}
     )
 
 
-def _index_metadata(store: FramesStore, key: str) -> dict[str, str] | None:
+def _index_metadata(store: FramesStore, key: str, dataset: Dataset) -> dict[str, str] | None:
     """The key-value metadata of the published index of ``key`` (only its footer is read)."""
     try:
-        metadata = read_parquet_schema(store.index_location(key)).metadata or {}
+        return _our_metadata(read_parquet_schema(store.index_location(key, dataset)))
     except FileNotFoundError:
         return None
-    return {k.decode(): v.decode() for k, v in metadata.items() if k.startswith(b"frames_pipeline.")}
+
+
+def _our_metadata(schema: pa.Schema) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if k.startswith(b"frames_pipeline.")}
+
+
+def _published_shard(metadata: dict[str, str]) -> PublishedShard:
+    size = metadata.get(SHARD_SIZE_KEY)
+    return PublishedShard(metadata.get(MANIFEST_HASH_KEY), int(size) if size else None)
 
 
 def replace_file(path: Path, data: bytes) -> None:
