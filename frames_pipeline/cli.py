@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         help="only read videos under DIR (repeatable; default: any local file)",
     )
     extract.add_argument("--allow-remote", action="store_true", help="allow URLs, playlists and concat scripts")
+    extract.add_argument(
+        "--skip-loop-filter",
+        action="store_true",
+        help="CPU decodes skip the H.264/HEVC deblocking filter: faster, slightly different frames",
+    )
     extract.add_argument("--json", action="store_true", help="print one JSON object per video instead of a table")
 
     probe_cmd = commands.add_parser("probe", help="print what the decoder will see in each video")
@@ -138,6 +143,7 @@ def _extract(args: argparse.Namespace) -> int:
         ffmpeg_binary=args.ffmpeg,
         allowed_roots=tuple(args.allowed_root),
         allow_remote=args.allow_remote,
+        skip_loop_filter=args.skip_loop_filter,
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)

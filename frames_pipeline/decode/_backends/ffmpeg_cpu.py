@@ -68,7 +68,7 @@ class FFmpegCPUBackend:
                 stream = main_video_stream(container, info.path)
                 stream.thread_type = "AUTO" if threaded else "SLICE"
                 stream.thread_count = self.threads if threaded else 1
-                stream.codec_context.options = {"max_pixels": str(options.max_pixels)}
+                stream.codec_context.options = _codec_options(options)
                 damage_before = len(warnings)
                 clock = PacketClock(stream)
                 for frame in _frames(container, stream, clock, deadline, warnings, info.path):
@@ -87,6 +87,14 @@ class FFmpegCPUBackend:
 
     def close(self) -> None:
         """Nothing is held between videos: PyAV opens a decoder per container."""
+
+
+def _codec_options(options: DecodeOptions) -> dict[str, str]:
+    """The decoder's AVOptions for ``options``."""
+    codec = {"max_pixels": str(options.max_pixels)}
+    if options.skip_loop_filter:
+        codec["skip_loop_filter"] = "all"
+    return codec
 
 
 def _frames(
