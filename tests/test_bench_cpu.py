@@ -121,13 +121,7 @@ def test_a_goal_whose_row_failed_is_not_met() -> None:
 
 
 def test_ratios_pair_each_of_our_rows_with_the_floor_of_its_kind() -> None:
-    results = _results(
-        [
-            _row("ours", "ours", "short_360p", 90.0),
-            _row("ours_pool", "ours", "short_360p", 120.0),
-            _row("floor", "floor", "short_360p", 100.0),
-            _row("floor_parallel", "floor", "short_360p", 110.0),
-        ]
-    )
+    kinds = {"ours": "ours", "ours_pool": "ours", "floor": "floor", "floor_parallel": "floor"}
+    results = _results([_row(key, kind, "short_360p", 100.0) for key, kind in kinds.items()])
     floors = {(r["ours"], r["other"]) for r in ratios(results) if r["vs"] == "floor"}
     assert floors == {("ours", "floor"), ("ours_pool", "floor_parallel")}
