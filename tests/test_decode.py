@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,23 +14,15 @@ from numpy.typing import NDArray
 from frames_pipeline.decode import (
     DECODE_MODES,
     DecodeError,
-    DecodeOptions,
     Reason,
     extract_frames,
     extract_to_file,
     probe,
     pts_path,
 )
-from frames_pipeline.decode._backends.ffmpeg_cpu import FFmpegCPUBackend
 from frames_pipeline.decode._cuda import cuda_device_count
 from frames_pipeline.decode._ffmpeg_bin import find_ffmpeg
-from frames_pipeline.demo.clips import (
-    CORPUS_HW,
-    expected_quadrant_colours,
-    quadrant_means,
-    vfr_timestamps,
-    write_video,
-)
+from frames_pipeline.demo.clips import CORPUS_HW, expected_quadrant_colours, quadrant_means, vfr_timestamps
 
 MAX_MAD = 4.0  # mean absolute difference (of 255) allowed against the reference
 COLOUR_TOLERANCE = 16  # per channel, after chroma subsampling and a 40x area shrink
@@ -322,33 +312,3 @@ def test_auto_mode_decodes_av1_on_any_gpu(edge_corpus: dict[str, Path]) -> None:
     result = extract_frames(edge_corpus["av1"], mode="auto")
     assert result.num_frames == 30
     assert (result.decode_mode == "ffmpeg_cpu") == bool(result.fallback_reason)
-
-
-def _feeding_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "ffmpeg_cpu-feed"]
-
-
-def test_threaded_cpu_decode_feeds_the_decoder_on_a_thread_it_joins(tmp_path: Path) -> None:
-    """The multi-threaded CPU decode pulls frames on a feeding thread; a caller that stops early leaves none."""
-    clip = write_video(tmp_path / "long.mp4", 150)
-    options = DecodeOptions(mode="ffmpeg_cpu", threads=2, batch_size=4)
-    info = probe(clip)
-    backend = FFmpegCPUBackend(options)
-    batches = backend.decode(info, options, time.monotonic() + 60, [])
-    try:
-        assert len(next(batches).frames) == 4
-        assert len(_feeding_threads()) == 1
-    finally:
-        batches.close()
-    assert _feeding_threads() == []
-    whole = [b.frames for b in backend.decode(info, options, time.monotonic() + 60, [])]
-    np.testing.assert_array_equal(np.concatenate(whole), extract_frames(clip, threads=1).frames)
-
-
-def test_threaded_cpu_decode_raises_what_the_feeding_thread_met(edge_corpus: dict[str, Path]) -> None:
-    options = DecodeOptions(mode="ffmpeg_cpu", threads=2)
-    backend = FFmpegCPUBackend(options)
-    with pytest.raises(DecodeError) as exc:
-        list(backend.decode(probe(edge_corpus["pattern"]), options, time.monotonic() - 1, []))
-    assert exc.value.reason == Reason.TIMEOUT
-    assert _feeding_threads() == []
