@@ -24,6 +24,9 @@ GPU_ENV = "FRAMES_PIPELINE_GPU"
 RAY_TAG = "dagster-ray/config"
 K8S_TAG = "dagster-k8s/config"
 GPU_RESOURCE = "nvidia.com/gpu"
+# The pool of the decoding step (video_frames): one slot per shard decoding at once. Named for the
+# work, not the device: on a CPU machine it holds back the same steps a GPU node would.
+DECODE_POOL = "video_decode"
 
 # executor name -> (module, attribute, pip extra); multiprocess needs nothing beyond dagster
 _EXTERNAL = {"ray": ("dagster_ray", "ray_executor", "ray"), "k8s": ("dagster_k8s", "k8s_job_executor", "k8s")}

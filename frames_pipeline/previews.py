@@ -1,26 +1,35 @@
-"""Pictures for people: a contact sheet of a shard's frames and a bar chart of the shard totals.
+"""Pictures for people: a contact sheet of a shard's frames and a chart of the totals over shards.
 
-Both are small PNGs drawn with Pillow, returned as bytes (the store keeps them next to the data) and
-embedded in Dagster markdown metadata as data URIs, so the UI shows them without serving any file.
+Both are PNGs drawn with Pillow and returned as bytes; the store keeps them next to the data, and the
+Dagster layer links or embeds them (`defs/metadata.py`). Both have a bounded size whatever the data:
+the sheet shows at most `MAX_VIDEOS` videos, the chart one bar per shard state and per failure
+reason, never one per shard (per-shard numbers are plotted by Dagster itself, from each shard's
+metadata).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-FRAMES_PER_VIDEO = 6
-MAX_VIDEOS = 40
-_LABEL_W = 140
-_PAD = 4
+# Where the data root's pictures are served over HTTP (`frames-pipeline serve-previews`, or a
+# bucket's web endpoint): the UI then links them instead of embedding them.
+PREVIEW_URL_ENV = "FRAMES_PIPELINE_PREVIEW_URL"
+FRAMES_PER_VIDEO = 4  # first, last and two between
+MAX_VIDEOS = 24
+TILE_SCALE = 3  # 27x48 frames become 81x144 tiles, pixels kept sharp (nearest neighbour)
+_FONT = ImageFont.load_default(size=14)
+_PAD = 6
 _BACKGROUND = (24, 24, 28)
 _TEXT = (230, 230, 230)
+_FAILED = (240, 120, 120)
 
 
 @dataclass(frozen=True)
@@ -32,30 +41,37 @@ class SheetRow:
     note: str = ""
 
 
-def contact_sheet(rows: Sequence[SheetRow], scale: int = 2) -> bytes:
-    """A PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length, one row per video.
+def contact_sheet(rows: Sequence[SheetRow]) -> bytes:
+    """A PNG with ``FRAMES_PER_VIDEO`` frames spread over each video's length under its id, failed
+    videos first (with their reason), at most ``MAX_VIDEOS`` videos; about 600 px wide at 27x48, so
+    it fits the UI's metadata column.
 
-    Frames are memory-mapped, so only the few shown are read. Failed videos get a row with their note.
+    Frames are memory-mapped, so only the few shown are read.
     """
-    shown = list(rows)[:MAX_VIDEOS]
+    ordered = sorted(rows, key=lambda row: row.frames_file is not None)  # stable: manifest order within each
+    shown = ordered[:MAX_VIDEOS]
     tiles = [_sample(row.frames_file) if row.frames_file else None for row in shown]
     tile_h, tile_w = next((t.shape[1:3] for t in tiles if t is not None and len(t)), (27, 48))
-    tile_h, tile_w = tile_h * scale, tile_w * scale
-    row_h = tile_h + _PAD
-    width = _LABEL_W + FRAMES_PER_VIDEO * (tile_w + _PAD)
-    height = max(1, len(shown)) * row_h + (row_h if len(rows) > len(shown) else 0)
-    sheet = Image.new("RGB", (width, height), _BACKGROUND)
+    tile_h, tile_w = tile_h * TILE_SCALE, tile_w * TILE_SCALE
+    label_h = 20
+    heights = [label_h + (tile_h if frames is not None else 0) + _PAD for frames in tiles]  # a failed video: one line
+    width = _PAD + FRAMES_PER_VIDEO * (tile_w + _PAD)
+    more_h = label_h + _PAD if len(rows) > len(shown) else 0
+    sheet = Image.new("RGB", (width, max(label_h, sum(heights) + more_h)), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    for i, (row, frames) in enumerate(zip(shown, tiles, strict=True)):
-        top = i * row_h
-        draw.text((_PAD, top + _PAD), row.video_id[:22], fill=_TEXT)
+    tops = accumulate(heights[:-1], initial=0)
+    for top, row, frames in zip(tops, shown, tiles, strict=True):
+        label = _fit(draw, row.video_id, width - 2 * _PAD)
+        draw.text((_PAD, top + 2), label, fill=_TEXT, font=_FONT)
         if row.note:
-            draw.text((_PAD, top + tile_h // 2 + _PAD), row.note[:22], fill=(240, 120, 120))
+            note_x = _PAD + draw.textlength(label + "  ", font=_FONT)
+            draw.text((note_x, top + 2), _fit(draw, row.note, width - note_x - _PAD), fill=_FAILED, font=_FONT)
         for j, frame in enumerate(frames if frames is not None else []):
             tile = Image.fromarray(np.ascontiguousarray(frame)).resize((tile_w, tile_h), Image.Resampling.NEAREST)
-            sheet.paste(tile, (_LABEL_W + j * (tile_w + _PAD), top))
+            sheet.paste(tile, (_PAD + j * (tile_w + _PAD), top + label_h))
     if len(rows) > len(shown):
-        draw.text((_PAD, len(shown) * row_h + _PAD), f"... {len(rows) - len(shown)} more videos", fill=_TEXT)
+        more = f"... {len(rows) - len(shown)} more videos (the shard's index lists them all)"
+        draw.text((_PAD, sum(heights) + 2), _fit(draw, more, width - 2 * _PAD), fill=_TEXT, font=_FONT)
     return _png(sheet)
 
 
@@ -67,29 +83,45 @@ def _sample(frames_file: Path) -> np.ndarray:
     return np.asarray(frames[picks])
 
 
-def bar_chart(labels: Sequence[str], series: dict[str, Sequence[float]], title: str = "") -> bytes:
-    """A grouped horizontal bar chart (one group per label, one bar per series) as a PNG."""
-    colours = [(90, 160, 240), (240, 110, 100), (120, 200, 120), (230, 190, 80)]
-    bar_h, gap, label_w, plot_w = 10, 8, 160, 420
-    group_h = bar_h * len(series) + gap
-    height = 40 + group_h * max(1, len(labels)) + 20 * len(series)
-    image = Image.new("RGB", (label_w + plot_w + 90, height), (255, 255, 255))
+def summary_chart(panels: Mapping[str, Mapping[str, int]]) -> bytes:
+    """Horizontal bar charts stacked in one PNG, one per ``{title: {label: count}}`` panel.
+
+    Each panel has its own axis from 0, drawn and labelled, and every bar carries its value: counts
+    of different things (shards, videos) are never drawn against one another's scale.
+    """
+    bar_h, gap, label_w, plot_w, margin = 18, 6, 170, 420, 10
+    heights = [30 + max(1, len(bars)) * (bar_h + gap) + 24 for bars in panels.values()]
+    image = Image.new("RGB", (label_w + plot_w + 80, sum(heights) + margin), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    draw.text((8, 8), title, fill=(0, 0, 0))
-    for k, (name, values) in enumerate(series.items()):
-        peak = max((float(v) for v in values), default=0.0) or 1.0
-        for i, value in enumerate(values):
-            top = 30 + i * group_h + k * bar_h
-            draw.rectangle(
-                [label_w, top, label_w + int(plot_w * float(value) / peak), top + bar_h - 2], fill=colours[k % 4]
-            )
-            draw.text((label_w + int(plot_w * float(value) / peak) + 4, top - 1), f"{value:g}", fill=(0, 0, 0))
-        legend_top = 30 + group_h * max(1, len(labels)) + 20 * k
-        draw.rectangle([8, legend_top + 2, 18, legend_top + 10], fill=colours[k % 4])
-        draw.text((24, legend_top), f"{name} (bars scaled to its own maximum)", fill=(0, 0, 0))
-    for i, label in enumerate(labels):
-        draw.text((8, 30 + i * group_h), label[:24], fill=(0, 0, 0))
+    top = margin
+    for (title, bars), height in zip(panels.items(), heights, strict=True):
+        draw.text((margin, top), title, fill=(0, 0, 0), font=_FONT)
+        peak = max(bars.values(), default=0)
+        scale = plot_w / peak if peak else 0.0
+        y = top + 30
+        for label, value in bars.items():
+            draw.text((margin, y + 1), _fit(draw, label, label_w - margin - 4), fill=(0, 0, 0), font=_FONT)
+            draw.rectangle([label_w, y, label_w + max(1, round(value * scale)), y + bar_h], fill=(90, 140, 220))
+            draw.text((label_w + round(value * scale) + 6, y + 1), f"{value:,}", fill=(0, 0, 0), font=_FONT)
+            y += bar_h + gap
+        if not bars:
+            draw.text((label_w, y + 1), "none", fill=(120, 120, 120), font=_FONT)
+            y += bar_h + gap
+        draw.line([label_w, top + 26, label_w, y], fill=(0, 0, 0))  # the zero line
+        draw.line([label_w, y, label_w + plot_w, y], fill=(0, 0, 0))  # the axis, 0 to the largest value
+        draw.text((label_w - 4, y + 3), "0", fill=(0, 0, 0), font=_FONT)
+        draw.text((label_w + plot_w - 20, y + 3), f"{peak:,}", fill=(0, 0, 0), font=_FONT)
+        top += height
     return _png(image)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """``text`` cut (with an ellipsis) to ``width`` pixels."""
+    if draw.textlength(text, font=_FONT) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=_FONT) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def _png(image: Image.Image) -> bytes:

@@ -6,17 +6,20 @@ thin call into it, and anything else (a script, a test) can run a shard the same
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from frames_pipeline.decode import VideoJob, VideoOutcome
+from frames_pipeline.decode import DecodeOptions, VideoJob, VideoOutcome
 from frames_pipeline.previews import SheetRow, contact_sheet
 from frames_pipeline.storage.manifest import ManifestRow
 from frames_pipeline.storage.shard_writer import UNWRITABLE_ERRNOS, ShardUnwritableError, ShardWriter
-from frames_pipeline.storage.store import FramesStore, frames_problem
+from frames_pipeline.storage.store import BlockedShard, FramesStore, frames_problem
 
 CONTACT_SHEET = "contact_sheet.png"  # inside each shard version, published with it
 FRAME_COUNT_CHECK = "frame_counts_match_probe"
@@ -25,9 +28,30 @@ FAILED_RATIO_CHECK = "failed_ratio"
 # Checks whose failure keeps a shard from being published.
 BLOCKING_CHECKS = (ARRAY_CHECK, FAILED_RATIO_CHECK)
 _LISTED = 50  # ids named in one check's details
+DEFAULT_MAX_FAILED_RATIO = 0.5  # above this share of failed videos a shard is not published
+# Bumped when a change to this code changes what a shard's run produces (also video_frames'
+# code_version): a blocked shard is then tried again.
+CODE_VERSION = "2"
 
 Decoder = Callable[[Iterable[VideoJob]], Iterator[VideoOutcome]]
 Progress = Callable[[VideoOutcome, int, int], None]
+
+
+@dataclass(frozen=True)
+class ShardInputs:
+    """Everything a shard's outcome follows from, apart from the videos themselves: the manifest
+    version its rows come from, the shard size that cut them, how they are decoded, the failure
+    limit, and this code's version. A shard blocked on some inputs is blocked again on the same ones."""
+
+    manifest_hash: str
+    shard_size: int
+    options: DecodeOptions
+    max_failed_ratio: float
+    code_version: str = CODE_VERSION
+
+    def fingerprint(self) -> str:
+        fields = asdict(self) | {"options": asdict(self.options)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,7 @@ class ShardReport:
     where the shard was published (None when a blocking check failed and nothing was published)."""
 
     key: str
+    version: str
     records: list[dict[str, Any]]
     checks: list[ShardCheck]
     num_resumed: int
@@ -58,6 +83,11 @@ class ShardReport:
     first_frame_s: float | None  # from the start of decoding to the first frames of any video
     contact_sheet: bytes
     published: str | None
+
+    @property
+    def contact_sheet_path(self) -> str:
+        """Where the contact sheet of this version is once published, relative to the data root."""
+        return f"frames/{self.key}/{self.version}/{CONTACT_SHEET}"
 
     @property
     def blocked_by(self) -> list[ShardCheck]:
@@ -71,22 +101,23 @@ def decode_shard(
     rows: Sequence[ManifestRow],
     decode: Decoder,
     *,
-    output_hw: tuple[int, int],
+    inputs: ShardInputs,
     resume: bool = True,
-    max_failed_ratio: float = 0.5,
     progress: Progress | None = None,
 ) -> ShardReport:
     """Decode the videos of ``rows`` into a new version of shard ``key`` and publish it if the
     blocking checks pass.
 
-    ``decode`` turns jobs into outcomes (a ``DecoderPool``'s ``run``); with ``resume``, videos an
-    unpublished earlier run finished from unchanged sources are kept, not decoded again. A failed
-    video is a row of the index, not an error. Raises ``ShardBusyError`` if another writer holds
-    the shard and ``ShardUnwritableError`` if its folder is read-only or full (a video that could
-    not be written is only a ``write_failed`` row; the shard's own files must be written).
+    ``decode`` turns jobs into outcomes (a ``DecoderPool``'s ``run``) decoding with ``inputs.options``;
+    with ``resume``, videos an unpublished earlier run finished from unchanged sources are kept, not
+    decoded again. A failed video is a row of the index, not an error. A shard that fails a blocking
+    check is recorded as blocked on ``inputs`` (``FramesStore.blocked_shards``) and not published; a
+    published one clears that record. Raises ``ShardBusyError`` if another writer holds the shard and
+    ``ShardUnwritableError`` if its folder is read-only or full (a video that could not be written is
+    only a ``write_failed`` row; the shard's own files must be written).
     """
     try:
-        return _decode_shard(store, key, rows, decode, output_hw, resume, max_failed_ratio, progress)
+        return _decode_shard(store, key, rows, decode, inputs, resume, progress)
     except OSError as exc:
         if exc.errno not in UNWRITABLE_ERRNOS:
             raise
@@ -101,11 +132,11 @@ def _decode_shard(
     key: str,
     rows: Sequence[ManifestRow],
     decode: Decoder,
-    output_hw: tuple[int, int],
+    inputs: ShardInputs,
     resume: bool,
-    max_failed_ratio: float,
     progress: Progress | None,
 ) -> ShardReport:
+    output_hw = inputs.options.output_hw
     with ShardWriter(store, key, resume=resume) as shard:
         sources = {row.video_id: row.path for row in rows}
         outcomes = {
@@ -125,8 +156,8 @@ def _decode_shard(
         decode_s = time.perf_counter() - started
         first_frames = [o.started_at + o.first_frame_s for o in decoded if o.first_frame_s is not None]
         records = [index_row(row, outcomes[row.video_id], shard) for row in rows]
-        shard.write_index(records)
-        checks = shard_checks(shard.dir, records, output_hw, max_failed_ratio)
+        shard.write_index(records, manifest_hash=inputs.manifest_hash, shard_size=inputs.shard_size)
+        checks = shard_checks(shard.dir, records, output_hw, inputs.max_failed_ratio)
         sheet = contact_sheet(
             [
                 SheetRow(
@@ -136,13 +167,19 @@ def _decode_shard(
             ]
         )
         shard.write_file(CONTACT_SHEET, sheet)
-        if any(c.blocking and not c.passed for c in checks):
+        blocked_by = [c for c in checks if c.blocking and not c.passed]
+        if blocked_by:
             shard.discard()  # judged, not interrupted: nothing to resume
             published = None
+            reason = "; ".join(f"{c.name}: {c.description}" for c in blocked_by)
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            store.record_blocked(BlockedShard(key, inputs.fingerprint(), reason, tuple(c.name for c in blocked_by), at))
         else:
             published = shard.publish()
+            store.clear_blocked(key)
     return ShardReport(
         key=key,
+        version=shard.version,
         records=records,
         checks=checks,
         num_resumed=num_resumed,

@@ -284,7 +284,7 @@ def test_ray_executor_materializes_two_shards(
     started = time.monotonic()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())  # with the "gpu" pool limit of 1
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())  # with the "video_decode" pool limit of 1
     shards = write_shards(tmp_path / "videos", s3_root)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:

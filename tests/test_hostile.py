@@ -33,12 +33,14 @@ from frames_pipeline.decode import (
     pts_path,
 )
 from frames_pipeline.demo.clips import with_display_matrix, write_video
-from frames_pipeline.shards import FRAME_COUNT_CHECK, decode_shard
+from frames_pipeline.shards import FRAME_COUNT_CHECK, ShardInputs, decode_shard
 from frames_pipeline.storage import locations
 from frames_pipeline.storage.manifest import ManifestRow, read_manifest
 from frames_pipeline.storage.store import FramesStore, published_versions
 
 CLI = [sys.executable, "-m", "frames_pipeline.cli"]
+# What a shard of these tests is cut from and decoded with (shards.ShardInputs).
+INPUTS = ShardInputs("manifest-hash", 100, DecodeOptions(mode="ffmpeg_cpu"), max_failed_ratio=0.5)
 MAX_MAD = 4.0  # of 255, per frame, against the ffmpeg CLI (as in test_decode)
 # Containers whose timestamps restart, are partly missing or absent, and an edit list: 60 frames
 # each but the raw stream (30), all at 30 fps.
@@ -191,7 +193,7 @@ def test_what_happened_to_the_timestamps_is_said(edge_corpus: dict[str, Path]) -
 def test_a_shard_of_such_files_passes_its_frame_count_check(edge_corpus: dict[str, Path], tmp_path: Path) -> None:
     rows = [ManifestRow(i, case, str(edge_corpus[case])) for i, case in enumerate(TIMING_CASES, start=1)]
     with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=2) as pool:
-        report = decode_shard(FramesStore(tmp_path), "t-00000", rows, pool.run, output_hw=(27, 48))
+        report = decode_shard(FramesStore(tmp_path), "t-00000", rows, pool.run, inputs=INPUTS)
     assert {c.name: c.passed for c in report.checks}[FRAME_COUNT_CHECK], report.checks
     assert [(r["status"], r["num_frames"]) for r in report.records] == [("ok", 60)] * 4 + [("ok", 30)]
 
@@ -215,7 +217,7 @@ for n in range(count):
             np.save(pts_path(shard.frames_path(f"v{v}")), np.arange(5, dtype=np.float64))
             records.append({"manifest_row": v + 1, "video_id": f"v{v}", "status": "ok", "num_frames": 5,
                             "frames_file": shard.frames_file(f"v{v}")})
-        shard.write_index(records)
+        shard.write_index(records, manifest_hash="m", shard_size=100)
         shard.publish()
 """
 
@@ -227,6 +229,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pathlib import Path
 from frames_pipeline.storage.store import FramesStore
+
 root, way, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 store = FramesStore(root)
 shard = Path(store.shard_dir("r-00000"))
@@ -422,7 +425,7 @@ def test_parquet_is_only_read_through_native_handles(
     with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=1) as pool:
         for _ in range(2):  # the second publish reads which version the first published
             rows = [ManifestRow(1, "a", str(edge_corpus["pattern"]))]
-            decode_shard(store, "p-00000", rows, pool.run, output_hw=(27, 48), resume=False)
+            decode_shard(store, "p-00000", rows, pool.run, inputs=INPUTS, resume=False)
     assert store.read_frames("p-00000", "a")[0].shape == (30, 27, 48, 3)
     assert len(sources) >= 3 and all(isinstance(source, pa.NativeFile) for source in sources), sources
 
@@ -438,7 +441,7 @@ def test_check_files_on_a_path_longer_than_any_file_name(tmp_path: Path) -> None
     assert done.returncode == 1 and "Traceback" not in done.stderr
     first, last = done.stdout.splitlines()
     assert first.startswith(f"{manifest}:1:path: File name too long: ") and len(first) < 400
-    assert last == f"{manifest}: 2 rows, 1 ok"
+    assert last == f"{manifest}: 1 rows ok, 0 problem(s), 1 file problem(s)"
 
 
 def test_extract_into_a_folder_that_cannot_be_made(

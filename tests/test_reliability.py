@@ -33,7 +33,7 @@ from frames_pipeline.defs.resources import FrameDecoderResource, FramesDataResou
 from frames_pipeline.defs.schedules import pending_shards_schedule
 from frames_pipeline.defs.sensors import manifest_sensor
 from frames_pipeline.demo.clips import write_video
-from frames_pipeline.storage.manifest import shard_keys
+from frames_pipeline.storage.manifest import SHARD_SIZE_ENV, shard_keys
 
 T = TypeVar("T")
 
@@ -543,16 +543,17 @@ MAX_SECONDS, MAX_BYTES = 30.0, 200 * 2**20  # generous for a 2-core machine; qua
 
 
 def test_ten_thousand_rows_shard_register_and_schedule_within_bounds(
-    tmp_path: Path, instance: dg.DagsterInstance
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = write_rows(tmp_path / "manifests" / "big.csv", [(f"v{i}", f"../videos/v{i}.mp4") for i in range(10_000)])
-    frames_data = FramesDataResource(data_root=str(tmp_path), shard_size=100)
+    monkeypatch.setenv(SHARD_SIZE_ENV, "100")
+    resources = {"frames_data": FramesDataResource(data_root=str(tmp_path)), "frame_decoder": FrameDecoderResource()}
     expected = [f"big-{i:05d}" for i in range(100)]
 
     keys, seconds, peak = measured(lambda: shard_keys(manifest, 100))
     assert keys == expected and seconds < MAX_SECONDS and peak < MAX_BYTES
 
-    with dg.build_sensor_context(instance=instance, resources={"frames_data": frames_data}) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         tick, seconds, peak = measured(lambda: manifest_sensor(context))
     assert isinstance(tick, dg.SensorResult) and seconds < MAX_SECONDS and peak < MAX_BYTES
     assert [r.partition_key for r in tick.run_requests] == expected
@@ -560,7 +561,7 @@ def test_ten_thousand_rows_shard_register_and_schedule_within_bounds(
     assert isinstance(add, dg.AddDynamicPartitionsRequest) and add.partition_keys == expected
     instance.add_dynamic_partitions(video_shards.name, add.partition_keys)
 
-    with dg.build_schedule_context(instance=instance, resources={"frames_data": frames_data}) as context:
+    with dg.build_schedule_context(instance=instance, resources=resources) as context:
         requests, seconds, peak = measured(lambda: pending_shards_schedule(context))
     assert isinstance(requests, list) and seconds < MAX_SECONDS and peak < MAX_BYTES
     assert [r.partition_key for r in requests] == expected

@@ -22,9 +22,12 @@ from frames_pipeline.decode._npy import partials
 from frames_pipeline.definitions import defs
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.demo.clips import write_video
-from frames_pipeline.shards import decode_shard
+from frames_pipeline.shards import ShardInputs, decode_shard
 from frames_pipeline.storage.manifest import ManifestRow
 from frames_pipeline.storage.store import FramesStore
+
+# What a shard of these tests is cut from and decoded with (shards.ShardInputs).
+INPUTS = ShardInputs("manifest-hash", 100, DecodeOptions(mode="ffmpeg_cpu"), max_failed_ratio=0.5)
 
 MAX_MAD = 4.0
 CLEAN = ("h264", "hevc", "hevc_10bit", "vfr", "rotated_90")
@@ -134,7 +137,7 @@ def test_a_worker_killed_mid_video_is_replaced_and_the_shard_completes(
     killed: list[int] = []
     with DecoderPool(DecodeOptions(mode=mode), workers=2) as pool:
         killer = kill_when_writing(pool, tmp_path / "frames", "long", killed)
-        report = decode_shard(store, "k-00000", rows, pool.run, output_hw=(27, 48))
+        report = decode_shard(store, "k-00000", rows, pool.run, inputs=INPUTS)
         killer.join()
         alive = [w.process.is_alive() for w in pool._pool]
     assert killed and all(alive) and report.published

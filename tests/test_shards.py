@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import pytest
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, VideoOutcome
 from frames_pipeline.demo.clips import write_video
-from frames_pipeline.shards import ARRAY_CHECK, FAILED_RATIO_CHECK, FRAME_COUNT_CHECK, decode_shard
+from frames_pipeline.shards import ARRAY_CHECK, FAILED_RATIO_CHECK, FRAME_COUNT_CHECK, ShardInputs, decode_shard
 from frames_pipeline.storage.manifest import ManifestRow
-from frames_pipeline.storage.store import FramesStore
+from frames_pipeline.storage.store import FramesStore, PublishedShard
 
 OPTIONS = DecodeOptions(mode="ffmpeg_cpu")
+INPUTS = ShardInputs("manifest-hash", 100, OPTIONS, max_failed_ratio=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_a_shard_is_decoded_indexed_checked_and_published(
         "s-00000",
         rows(clips, "b", "a", "bad"),
         pool.run,
-        output_hw=OPTIONS.output_hw,
+        inputs=INPUTS,
         progress=lambda outcome, done, total: seen.append((outcome.key, done, total)),
     )
     assert report.published == store.shard_dir("s-00000") and not report.blocked_by
@@ -79,10 +81,20 @@ def test_a_shard_over_the_failure_limit_is_not_published(
     clips: dict[str, Path], pool: DecoderPool, tmp_path: Path
 ) -> None:
     store = FramesStore(tmp_path)
-    report = decode_shard(store, "s-00000", rows(clips, "a", "bad"), pool.run, output_hw=(27, 48), max_failed_ratio=0.4)
+    strict = replace(INPUTS, max_failed_ratio=0.4)
+    report = decode_shard(store, "s-00000", rows(clips, "a", "bad"), pool.run, inputs=strict)
     assert report.published is None and [c.name for c in report.blocked_by] == [FAILED_RATIO_CHECK]
     assert not store.has_index("s-00000")
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [".s-00000.lock"]  # nothing to resume
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [".blocked", ".s-00000.lock"]  # nothing to resume
+    (blocked,) = store.blocked_shards().values()
+    assert (blocked.key, blocked.inputs, blocked.checks) == ("s-00000", strict.fingerprint(), (FAILED_RATIO_CHECK,))
+    assert blocked.reason == "failed_ratio: 1/2 video(s) failed (ratio 0.50, limit 0.4)"
+
+    # Other inputs are another fingerprint; once the shard is published, the record goes.
+    assert INPUTS.fingerprint() != strict.fingerprint()
+    assert decode_shard(store, "s-00000", rows(clips, "a", "bad"), pool.run, inputs=INPUTS).published
+    assert store.blocked_shards() == {}
+    assert store.published("s-00000") == PublishedShard("manifest-hash", 100)
 
 
 class Interrupted(Exception):
@@ -101,7 +113,7 @@ def test_an_interrupted_shard_resumes_with_what_it_finished(
         raise Interrupted  # a killed run: nothing published, the work folder stays
 
     with pytest.raises(Interrupted):
-        decode_shard(store, "s-00000", shard_rows, first_then_stop, output_hw=(27, 48))
+        decode_shard(store, "s-00000", shard_rows, first_then_stop, inputs=INPUTS)
     decoded: list[str] = []
 
     def recording(jobs: Iterable[VideoJob]) -> Iterator[VideoOutcome]:
@@ -109,7 +121,7 @@ def test_an_interrupted_shard_resumes_with_what_it_finished(
         decoded.extend(job.key for job in jobs)
         return pool.run(jobs)
 
-    report = decode_shard(store, "s-00000", shard_rows, recording, output_hw=(27, 48))
+    report = decode_shard(store, "s-00000", shard_rows, recording, inputs=INPUTS)
     assert report.num_resumed == 1 and decoded == ["b"] and report.published
     assert report.num_decoded_frames == 9  # the kept video's 6 frames cost this run nothing
     assert [r["num_frames"] for r in report.records] == [6, 9]

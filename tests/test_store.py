@@ -13,8 +13,11 @@ from frames_pipeline.decode import pts_path
 from frames_pipeline.storage import shard_writer
 from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.shard_writer import ShardBusyError, ShardWriter
+from frames_pipeline.storage.status import PENDING, PUBLISHED, ShardState
 from frames_pipeline.storage.store import FramesStore, published_versions
 from frames_pipeline.storage.summary import summarize_shards
+
+CUT = {"manifest_hash": "m", "shard_size": 100}  # what write_index records the rows were cut from
 
 
 def record(video_id: str, ok: bool = True, frames: int = 3, version: str = "v") -> dict[str, object]:
@@ -54,7 +57,9 @@ def write_version(store: FramesStore, key: str, *video_ids: str, failed: Sequenc
             np.save(shard.frames_path(video_id), np.full((3, 27, 48, 3), len(video_id), np.uint8))
             np.save(pts_path(shard.frames_path(video_id)), np.arange(3, dtype=np.float64))
         shard.write_file("contact_sheet.png", b"png")
-        shard.write_index([record(v, version=shard.version) for v in video_ids] + [record(v, ok=False) for v in failed])
+        shard.write_index(
+            [record(v, version=shard.version) for v in video_ids] + [record(v, ok=False) for v in failed], **CUT
+        )
         assert not [f for f in shard_files(store, key) if shard.version in f]  # invisible until published
         assert shard.publish() == store.shard_dir(key)
         return shard.version
@@ -191,13 +196,15 @@ def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
 
 def test_summarize_shards(store: FramesStore) -> None:
     with ShardWriter(store, "s-00000") as shard:
-        shard.write_index([record("a"), record("b", frames=5), record("c", ok=False)])
+        shard.write_index([record("a"), record("b", frames=5), record("c", ok=False)], **CUT)
         shard.publish()
-    table = summarize_shards(store, ["s-00000", "s-00001"])
+    states = [ShardState("s-00000", PUBLISHED, "current"), ShardState("s-00001", PENDING, "never published")]
+    table = summarize_shards(store, states)
     assert table.to_dict("records") == [
         {
             "shard": "s-00000",
-            "published": True,
+            "state": PUBLISHED,
+            "detail": "current",
             "videos": 3,
             "ok": 2,
             "failed": 1,
@@ -207,7 +214,8 @@ def test_summarize_shards(store: FramesStore) -> None:
         },
         {
             "shard": "s-00001",
-            "published": False,
+            "state": PENDING,
+            "detail": "never published",
             "videos": 0,
             "ok": 0,
             "failed": 0,
@@ -245,7 +253,7 @@ def test_resume_keeps_exactly_the_finished_videos_with_unchanged_sources(store: 
         assert sorted(p.name for p in shard.version_dir.iterdir()) == ["a.npy", "a.pts.npy"]
         assert sorted(p.name for p in (shard.dir / ".done").iterdir()) == ["a.json"]
         assert shard.frames_path("a").stat().st_ino == a_inode  # kept, not rewritten
-        shard.write_index([record("a", version=shard.version)])
+        shard.write_index([record("a", version=shard.version)], **CUT)
         shard.publish()
         version = shard.version
     assert shard_files(store, "s-00000") == ["index.parquet", f"{version}/a.npy", f"{version}/a.pts.npy"]

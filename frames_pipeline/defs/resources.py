@@ -7,7 +7,7 @@ from pydantic import Field, PrivateAttr
 
 from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob, VideoOutcome
 from frames_pipeline.deployment import configured_mode
-from frames_pipeline.storage.manifest import DEFAULT_SHARD_SIZE
+from frames_pipeline.storage.manifest import configured_shard_size
 from frames_pipeline.storage.store import FramesStore, default_data_root
 
 
@@ -99,13 +99,17 @@ class FramesDataResource(dg.ConfigurableResource):
         description="folder or fsspec URL (s3://bucket/prefix) holding manifests/ and frames/"
         " (default: $FRAMES_PIPELINE_DATA or ./data)",
     )
-    shard_size: int = Field(
-        default=DEFAULT_SHARD_SIZE, gt=0, description="videos per shard; changing it re-keys shards"
-    )
 
     @property
     def store(self) -> FramesStore:
         return FramesStore(self.data_root)
+
+    @property
+    def shard_size(self) -> int:
+        """Videos per shard, ``$FRAMES_PIPELINE_SHARD_SIZE`` (default 100). Not resource config: a run
+        configured with another size would read other rows under the same shard keys, and the CLI,
+        which reads the same variable, would list other shards than the code location has."""
+        return configured_shard_size()
 
 
 frames_data = FramesDataResource()

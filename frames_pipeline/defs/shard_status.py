@@ -1,20 +1,32 @@
-"""Which shards need a run: the one rule the manifest sensor and the hourly schedule share.
+"""Which shards need a run, and why: the one rule the manifest sensor and the hourly schedule share.
 
-A shard is up to date when its published index exists and its latest ``video_frames``
-materialization recorded the manifest hash the manifest file has now. So a new shard runs, a shard
-whose manifest changed runs again, and a shard whose last run failed is retried by the schedule (a
-failed run never publishes, so the older materialization, if any, is still the truth about what is
-on disk).
+What the data root says comes from `storage.status` (the same rule the CLI lists): a shard is up to
+date when its published index was cut from the current manifest and shard size. On top of that,
+this layer knows what Dagster knows: a shard with a run in flight waits for it, and a shard whose
+last run was blocked by its checks waits until something it depends on changes (`ShardInputs`),
+since the same inputs would be blocked again.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import dagster as dg
 
-from frames_pipeline.storage.manifest import parse_shard_key
+from frames_pipeline.defs.resources import FrameDecoderResource
+from frames_pipeline.shards import DEFAULT_MAX_FAILED_RATIO, ShardInputs
+from frames_pipeline.storage.manifest import ManifestError, manifest_for_stem, parse_shard_key
+from frames_pipeline.storage.status import (
+    BLOCKED,
+    INVALID,
+    PUBLISHED,
+    ShardCut,
+    ShardState,
+    cut_manifest,
+    shard_states,
+)
 from frames_pipeline.storage.store import FramesStore
 
-VIDEO_FRAMES = dg.AssetKey("video_frames")
+WHY_TAG = "frames_pipeline/why"  # run tag: why the sensor or the schedule asked for the run
 
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -24,24 +36,74 @@ _IN_FLIGHT = [
 ]
 
 
-def stale_shards(instance: dg.DagsterInstance, store: FramesStore, hashes: Mapping[str, str]) -> list[str]:
-    """The shards of ``hashes`` ({shard key: current manifest hash}) that are not up to date."""
-    if not hashes:
-        return []
-    latest = instance.get_latest_storage_id_by_partition(
-        VIDEO_FRAMES, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(hashes)
-    )
-    recorded: dict[str, str | None] = {}
-    if latest:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=VIDEO_FRAMES, storage_ids=list(latest.values())), limit=len(latest)
-        ).records
-        for record in records:
-            materialization = record.asset_materialization
-            if materialization is not None and materialization.partition is not None:
-                value = materialization.metadata.get("manifest_hash")
-                recorded[materialization.partition] = value.value if value is not None else None
-    return sorted(k for k, h in hashes.items() if recorded.get(k) != h or not store.has_index(k))
+@dataclass(frozen=True)
+class ShardDecision:
+    """Whether shard ``key`` gets a run now, and why (or why not), in a few words for people."""
+
+    key: str
+    run: bool
+    why: str
+
+
+def decide(
+    instance: dg.DagsterInstance,
+    store: FramesStore,
+    cuts: Mapping[str, ShardCut],
+    inputs_of: Callable[[ShardCut], ShardInputs],
+) -> list[ShardDecision]:
+    """The decision for every shard of ``cuts``; ``inputs_of`` gives the inputs a run would have now."""
+    busy = in_flight_shards(instance) if cuts else set()
+    return [_decision(state, inputs_of(cuts[state.key]), state.key in busy) for state in shard_states(store, cuts)]
+
+
+def _decision(state: ShardState, inputs: ShardInputs, busy: bool) -> ShardDecision:
+    if busy:
+        return ShardDecision(state.key, False, "a run of it is queued or running")
+    if state.state == PUBLISHED:
+        return ShardDecision(state.key, False, "up to date")
+    if state.state == BLOCKED and state.blocked is not None:
+        if state.blocked.inputs == inputs.fingerprint():
+            why = (
+                f"blocked ({state.blocked.reason}); waits for a change to its manifest, the shard size or the settings"
+            )
+            return ShardDecision(state.key, False, why)
+        return ShardDecision(state.key, True, "blocked before; its manifest, shard size or settings changed since")
+    return ShardDecision(state.key, True, state.detail)
+
+
+def default_inputs(frame_decoder: FrameDecoderResource) -> Callable[[ShardCut], ShardInputs]:
+    """The inputs a run launched now, with default run config, gives a shard cut as ``cut``."""
+    options = frame_decoder.decode_options()
+    return lambda cut: ShardInputs(cut.manifest_hash, cut.shard_size, options, DEFAULT_MAX_FAILED_RATIO)
+
+
+def registered_cuts(
+    store: FramesStore, shard_size: int, keys: Iterable[str]
+) -> tuple[dict[str, ShardCut], dict[str, str]]:
+    """How each registered key is cut from its manifest now, and for the keys that cannot be cut
+    (the manifest is invalid, gone, or no longer has the shard) why not. Each manifest is read once."""
+    by_stem: dict[str, list[str]] = {}
+    uncut: dict[str, str] = {}
+    for key in keys:
+        try:
+            by_stem.setdefault(parse_shard_key(key)[0], []).append(key)
+        except ValueError as exc:  # a key added by hand
+            uncut[key] = str(exc)
+    cuts: dict[str, ShardCut] = {}
+    for stem, stem_keys in sorted(by_stem.items()):
+        try:
+            manifest = cut_manifest(manifest_for_stem(store.manifests_dir, stem), shard_size)
+        except ManifestError as exc:
+            uncut.update(dict.fromkeys(stem_keys, str(exc)))
+            continue
+        for key in stem_keys:
+            if key in manifest:
+                cuts[key] = manifest[key]
+            else:
+                uncut[key] = (
+                    f"its manifest has {len(manifest)} shard(s) of {shard_size} now; the sensor retires this key"
+                )
+    return cuts, uncut
 
 
 def in_flight_shards(instance: dg.DagsterInstance) -> set[str]:
@@ -50,13 +112,23 @@ def in_flight_shards(instance: dg.DagsterInstance) -> set[str]:
     return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
 
 
-def manifest_stem_of(key: str) -> str | None:
-    """The manifest stem of a shard key; None for a key added by hand that is not a shard key."""
-    try:
-        return parse_shard_key(key)[0]
-    except ValueError:
-        return None
+def run_requests(
+    decisions: Iterable[ShardDecision], run_key: Callable[[ShardDecision], str | None]
+) -> list[dg.RunRequest]:
+    """A run request per shard to run, tagged with why it runs."""
+    return [dg.RunRequest(partition_key=d.key, run_key=run_key(d), tags={WHY_TAG: d.why}) for d in decisions if d.run]
 
 
-def keys_of_stems(keys: Iterable[str], stems: set[str]) -> list[str]:
-    return [k for k in keys if manifest_stem_of(k) in stems]
+def waiting_summary(decisions: Iterable[ShardDecision], uncut: Mapping[str, str], listed: int = 3) -> str:
+    """One paragraph saying why nothing (else) runs: counts per reason, the first few shards of each."""
+    groups: dict[str, list[str]] = {}
+    for decision in decisions:
+        if not decision.run:
+            groups.setdefault(decision.why, []).append(decision.key)
+    for key, why in uncut.items():
+        groups.setdefault(f"{INVALID}: {why}", []).append(key)
+    parts = []
+    for why, keys in sorted(groups.items(), key=lambda item: (item[0] == "up to date", item[0])):
+        names = ", ".join(keys[:listed]) + (f" and {len(keys) - listed} more" if len(keys) > listed else "")
+        parts.append(f"{len(keys)} {why}: {names}" if why != "up to date" else f"{len(keys)} up to date")
+    return "; ".join(parts) or "no shards registered"

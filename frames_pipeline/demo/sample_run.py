@@ -17,7 +17,8 @@ from frames_pipeline.definitions import defs
 from frames_pipeline.defs.partitions import video_shards
 from frames_pipeline.defs.resources import frames_data
 from frames_pipeline.demo.clips import make_sample_videos, write_sample_manifest
-from frames_pipeline.storage.manifest import find_manifests, shard_keys
+from frames_pipeline.storage.manifest import find_manifests
+from frames_pipeline.storage.status import PUBLISHED, ShardCut, cut_manifest, shard_states
 from frames_pipeline.storage.summary import merge_counts, summarize_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,32 +46,34 @@ def ensure_sample_data(data_root: Path) -> None:
         write_sample_manifest(manifest, videos)
 
 
-def run_all(instance: dg.DagsterInstance) -> list[str]:
+def run_all(instance: dg.DagsterInstance) -> dict[str, ShardCut]:
     """Register the shards of every manifest, materialize each (a failed shard is reported and the
-    others go on), then the summary; returns the shard keys."""
-    keys = [
-        key
+    others go on), then the summary; returns the shards and how they were cut."""
+    cuts = {
+        key: cut
         for manifest in find_manifests(frames_data.store.manifests_dir)
-        for key in shard_keys(manifest, frames_data.shard_size)
-    ]
-    instance.add_dynamic_partitions(video_shards.name, keys)
+        for key, cut in cut_manifest(manifest, frames_data.shard_size).items()
+    }
+    instance.add_dynamic_partitions(video_shards.name, list(cuts))
     shard_job = defs.resolve_job_def("shard_job")
-    for key in keys:
+    for key in cuts:
         result = shard_job.execute_in_process(
             run_config=_QUIET, partition_key=key, instance=instance, raise_on_error=False
         )
         if not result.success:
             print(f"shard {key}: run {result.run_id} failed; see it in the UI", file=sys.stderr)
     defs.resolve_job_def("summary_job").execute_in_process(run_config=_QUIET, instance=instance)
-    return keys
+    return cuts
 
 
-def print_summary(keys: list[str]) -> None:
-    """One line per shard (videos ok/failed, frames, effective modes, failure reasons) and the totals."""
-    table = summarize_shards(frames_data.store, keys)
-    print(table.to_string(index=False))
+def print_summary(cuts: dict[str, ShardCut]) -> None:
+    """One line per shard (state, videos ok/failed, frames, effective modes, failure reasons) and the totals."""
+    store = frames_data.store
+    table = summarize_shards(store, shard_states(store, cuts))
+    print(table.drop(columns="detail").to_string(index=False))
     print(
-        f"total: {len(table)} shard(s), {int(table['published'].sum())} published, {table['ok'].sum()} video(s) ok,"
+        f"total: {len(table)} shard(s), {int((table['state'] == PUBLISHED).sum())} published,"
+        f" {table['ok'].sum()} video(s) ok,"
         f" {table['failed'].sum()} failed, {table['frames'].sum()} frames,"
         f" modes {merge_counts(table['decode_modes'])}"
     )
@@ -83,9 +86,9 @@ def main() -> int:
     root = Path(frames_data.data_root)
     ensure_sample_data(root)
     print(f"instance: {home}\ndata:     {root}")
-    keys = run_all(dg.DagsterInstance.get())
-    print_summary(keys)
-    return 0 if all(frames_data.store.has_index(k) for k in keys) else 1
+    cuts = run_all(dg.DagsterInstance.get())
+    print_summary(cuts)
+    return 0 if all(frames_data.store.has_index(k) for k in cuts) else 1
 
 
 if __name__ == "__main__":

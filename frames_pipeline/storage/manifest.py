@@ -28,6 +28,8 @@ from frames_pipeline.decode import is_url
 from frames_pipeline.storage.locations import Location, read_parquet
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
+# Videos per shard: one setting for the code location, its sensor and schedule, and the CLI.
+SHARD_SIZE_ENV = "FRAMES_PIPELINE_SHARD_SIZE"
 DEFAULT_SHARD_SIZE = 100
 # Columns the pipeline adds; a manifest may not bring its own under these names.
 RESERVED_COLUMNS = frozenset({"manifest_row"})
@@ -156,6 +158,24 @@ def manifest_for_stem(folder: str | os.PathLike[str], stem: str) -> str:
     return matches[0]
 
 
+def configured_shard_size() -> int:
+    """``$FRAMES_PIPELINE_SHARD_SIZE`` (default 100): how many manifest rows make one shard.
+
+    Everything that cuts manifests into shards reads it here (the Dagster resource, hence the sensor,
+    the schedule and the assets, and the CLI), so they cannot disagree about which keys exist.
+    """
+    raw = os.environ.get(SHARD_SIZE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SHARD_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"{SHARD_SIZE_ENV}={raw!r}: expected a positive whole number of videos per shard")
+    return size
+
+
 def shard_key(stem: str, index: int) -> str:
     """Partition key of shard ``index`` of manifest ``stem``: ``<stem>-<5-digit index>``."""
     return f"{stem}-{index:05d}"
@@ -175,13 +195,13 @@ def shard_count(num_rows: int, shard_size: int) -> int:
     return math.ceil(num_rows / shard_size)
 
 
-def shard_keys(manifest: str | os.PathLike[str], shard_size: int = DEFAULT_SHARD_SIZE) -> list[str]:
+def shard_keys(manifest: str | os.PathLike[str], shard_size: int) -> list[str]:
     """Keys of every shard of a manifest file (validates the whole manifest)."""
     rows = read_manifest(manifest)
     return [shard_key(manifest_stem(manifest), i) for i in range(shard_count(len(rows), shard_size))]
 
 
-def shard_rows(rows: Sequence[ManifestRow], index: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[ManifestRow]:
+def shard_rows(rows: Sequence[ManifestRow], index: int, shard_size: int) -> list[ManifestRow]:
     """Rows of shard ``index``: consecutive slices of ``shard_size`` rows in manifest order."""
     return list(rows[index * shard_size : (index + 1) * shard_size])
 
@@ -197,7 +217,7 @@ class ShardManifest:
     rows: tuple[ManifestRow, ...]
 
 
-def read_shard(manifests_dir: str | os.PathLike[str], key: str, shard_size: int = DEFAULT_SHARD_SIZE) -> ShardManifest:
+def read_shard(manifests_dir: str | os.PathLike[str], key: str, shard_size: int) -> ShardManifest:
     """The validated rows of shard ``key``; ManifestError if its manifest is gone, invalid or too short."""
     stem, index = parse_shard_key(key)
     path = manifest_for_stem(manifests_dir, stem)
@@ -215,15 +235,32 @@ def read_shard(manifests_dir: str | os.PathLike[str], key: str, shard_size: int 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
     """Validate a manifest and return its rows; raises ManifestError listing every problem."""
+    checked = check_manifest(path)
+    if checked.problems:
+        raise ManifestError(str(Location.of(path)), checked.problems)
+    return list(checked.rows)
+
+
+@dataclass(frozen=True)
+class ManifestCheck:
+    """Every problem of a manifest, and the rows that are valid on their own (video ids made unique
+    among them), so a check can go on with those, e.g. looking for their files."""
+
+    rows: tuple[ManifestRow, ...]
+    problems: tuple[ManifestProblem, ...]
+
+
+def check_manifest(path: str | os.PathLike[str]) -> ManifestCheck:
+    """Validate every row of a manifest, whatever kind of problem an earlier row or the header has."""
     file = Location.of(path)
     stem = manifest_stem(path)
     problems: list[ManifestProblem] = []
     if not _STEM.fullmatch(stem) or ".." in stem:
         problems.append(ManifestProblem(None, None, "the file stem must match [A-Za-z0-9][A-Za-z0-9_.-]*, no '..'"))
     try:
-        columns, records = _read_records(file)
+        columns, records = _read_records(file, problems)
     except (OSError, ValueError, csv.Error) as exc:  # unreadable or not the format its suffix says
-        raise ManifestError(str(file), [ManifestProblem(None, None, f"cannot read: {exc}")]) from None
+        return ManifestCheck((), (*problems, ManifestProblem(None, None, f"cannot read: {exc}")))
     if "path" not in columns:
         problems.append(ManifestProblem(None, "path", "required column is missing"))
     problems += [
@@ -231,17 +268,15 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
         for name in columns
         if name in RESERVED_COLUMNS or name.startswith(RESERVED_PREFIX)
     ]
-    if problems:
-        raise ManifestError(str(file), problems)
     rows: list[tuple[int, str, str, dict[str, Any]]] = []
-    for number, record in enumerate(records, start=1):
-        row = _validate_record(number, record, file.parent(), problems)
-        if row is not None:
-            rows.append(row)
-    if problems:
-        raise ManifestError(str(file), problems)
+    if "path" in columns:
+        for number, record in records:
+            row = _validate_record(number, record, file.parent(), problems)
+            if row is not None:
+                rows.append(row)
     ids = unique_ids([safe_video_id(raw_id) for _, raw_id, _, _ in rows])
-    return [ManifestRow(n, vid, p, extra) for (n, _, p, extra), vid in zip(rows, ids, strict=True)]
+    valid = tuple(ManifestRow(n, vid, p, extra) for (n, _, p, extra), vid in zip(rows, ids, strict=True))
+    return ManifestCheck(valid, tuple(sorted(problems, key=lambda p: p.row or 0)))  # file order; header first
 
 
 def _validate_record(
@@ -273,26 +308,31 @@ def _validate_record(
     return number, str(raw_id), resolved, extra
 
 
-def _read_records(file: Location) -> tuple[list[str], list[Mapping[str, Any]]]:
-    """Column names and records of a manifest file, by suffix."""
+def _read_records(
+    file: Location, problems: list[ManifestProblem]
+) -> tuple[list[str], list[tuple[int, Mapping[str, Any]]]]:
+    """Column names and (row number, record) pairs of a manifest file, by suffix; rows that cannot be
+    records at all (a ragged CSV line, a line that is not a JSON object) go to ``problems``."""
     suffix = posixpath.splitext(file.name)[1]
     if suffix == ".csv":
         # surrogateescape: a stray non-UTF-8 byte is reported on its row, not as an unreadable file.
         with _open_text(file, newline="") as fh:
             reader = csv.DictReader(fh, restkey="\x00extra")
-            records = list(reader)
+            raw = list(reader)
             columns = [c.strip() for c in reader.fieldnames or []]
-        bad = next((i for i, r in enumerate(records, start=1) if "\x00extra" in r), None)
-        if bad is not None:
-            raise ManifestError(str(file), [ManifestProblem(bad, None, "more fields than the header has columns")])
-        # Blank CSV cells mean "no value", as they do in Parquet and JSON Lines.
-        records = [{k.strip(): (v if v not in ("", None) else None) for k, v in r.items()} for r in records]
+        records: list[tuple[int, Mapping[str, Any]]] = []
+        for number, record in enumerate(raw, start=1):
+            if "\x00extra" in record:
+                problems.append(ManifestProblem(number, None, "more fields than the header has columns"))
+                continue
+            # Blank CSV cells mean "no value", as they do in Parquet and JSON Lines.
+            records.append((number, {k.strip(): (v if v not in ("", None) else None) for k, v in record.items()}))
         return columns, records
     if suffix == ".parquet":
         table = read_parquet(file)
-        return list(table.column_names), table.to_pylist()
+        return list(table.column_names), list(enumerate(table.to_pylist(), start=1))
     if suffix in (".jsonl", ".ndjson"):
-        return _read_json_lines(file)
+        return _read_json_lines(file, problems)
     raise ValueError(f"unsupported manifest type {suffix!r}; use one of {', '.join(MANIFEST_SUFFIXES)}")
 
 
@@ -302,10 +342,11 @@ def _open_text(file: Location, newline: str | None = None) -> io.TextIOWrapper:
     )
 
 
-def _read_json_lines(file: Location) -> tuple[list[str], list[Mapping[str, Any]]]:
+def _read_json_lines(
+    file: Location, problems: list[ManifestProblem]
+) -> tuple[list[str], list[tuple[int, Mapping[str, Any]]]]:
     columns: dict[str, None] = {}
-    records: list[Mapping[str, Any]] = []
-    problems: list[ManifestProblem] = []
+    records: list[tuple[int, Mapping[str, Any]]] = []
     with _open_text(file) as fh:
         lines = [line for line in fh if line.strip()]
     for number, line in enumerate(lines, start=1):
@@ -318,9 +359,7 @@ def _read_json_lines(file: Location) -> tuple[list[str], list[Mapping[str, Any]]
             problems.append(ManifestProblem(number, None, "each line must be a JSON object"))
             continue
         columns.update(dict.fromkeys(record))
-        records.append(record)
-    if problems:
-        raise ManifestError(str(file), problems)
+        records.append((number, record))
     return list(columns), records
 
 

@@ -46,6 +46,8 @@ from frames_pipeline.storage.locations import Location
 from frames_pipeline.storage.store import (
     INDEX_NAME,
     INDEX_SCHEMA,
+    MANIFEST_HASH_KEY,
+    SHARD_SIZE_KEY,
     VERSION_PATTERN,
     FramesStore,
     PublishedVersions,
@@ -108,6 +110,7 @@ class ShardWriter:
         self._adopt_earlier_version()
         self._done.mkdir(parents=True, exist_ok=True)
         self._index: pa.Table | None = None
+        self._cut: dict[str, str] = {}
         self.published = False
 
     @property
@@ -169,9 +172,11 @@ class ShardWriter:
         fsync(path)
         return path
 
-    def write_index(self, records: Iterable[Mapping[str, Any]]) -> Path:
-        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard."""
+    def write_index(self, records: Iterable[Mapping[str, Any]], *, manifest_hash: str, shard_size: int) -> Path:
+        """Write ``index.parquet`` (columns of INDEX_SCHEMA) into the unpublished shard, with the manifest
+        version and shard size its rows were cut with (what ``FramesStore.published`` reads back)."""
         self._index = pa.Table.from_pylist(list(records), schema=INDEX_SCHEMA)
+        self._cut = {MANIFEST_HASH_KEY: manifest_hash, SHARD_SIZE_KEY: str(shard_size)}
         return self._write_index(PublishedVersions(self.version, {}))
 
     def publish(self) -> str:
@@ -231,7 +236,7 @@ class ShardWriter:
         # Our own handle, closed even when the write fails: pyarrow's, given a path, stays open (on
         # a deleted file, holding its space) for as long as the exception is kept.
         with pa.OSFile(str(path), "wb") as sink:
-            pq.write_table(self._index.replace_schema_metadata(versions.metadata()), sink)
+            pq.write_table(self._index.replace_schema_metadata(versions.metadata() | self._cut), sink)
         fsync(path)
         return path
 

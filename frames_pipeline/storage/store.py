@@ -8,6 +8,7 @@ such as ``s3://bucket/prefix``; the layout is the same on both::
     frames/<shard key>/<version>/<video_id>.npy   (N, H, W, 3) uint8 RGB
     frames/<shard key>/<version>/<video_id>.pts.npy   presentation times in seconds
     frames/<shard key>/<version>/contact_sheet.png
+    frames/.blocked/<shard key>.json              why the shard's last run was not published (BlockedShard)
 
 Readers go through the index: it names each video's files relative to the shard folder, and it is
 replaced in one step when a new version is published (``shard_writer.py`` says how), so a reader
@@ -25,7 +26,7 @@ import os
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -45,35 +46,44 @@ _VERSION_TIME = "%Y%m%dT%H%M%S%f"
 VERSION_KEY = "frames_pipeline.version"  # index.parquet metadata: the version folder it publishes
 # index.parquet metadata: {version: UTC time it was replaced} of the earlier versions still kept.
 REPLACED_KEY = "frames_pipeline.replaced"
+# index.parquet metadata: the manifest version and shard size the published rows were cut with.
+MANIFEST_HASH_KEY = "frames_pipeline.manifest_hash"
+SHARD_SIZE_KEY = "frames_pipeline.shard_size"
+BLOCKED_DIR = ".blocked"  # in the frames folder
+
+
+def _column(name: str, kind: pa.DataType, description: str) -> pa.Field:
+    # The description travels in the Parquet file and is what the Dagster UI shows as the column schema.
+    return pa.field(name, kind, metadata={"description": description})
+
 
 INDEX_SCHEMA = pa.schema(
     [
-        ("manifest_row", pa.int64()),
-        ("video_id", pa.string()),
-        ("source", pa.string()),  # bytes of a non-UTF-8 file name appear as \xNN
-        ("status", pa.string()),  # "ok" or "failed"
-        ("num_frames", pa.int64()),
-        ("expected_frames", pa.int64()),  # the probe's count; null when the probe failed
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("requested_mode", pa.string()),
-        ("decode_mode", pa.string()),  # effective mode; null when nothing decoded
-        ("fallback_reason", pa.string()),
-        ("error_reason", pa.string()),  # reason code such as not_found, corrupt, timeout
-        ("error", pa.string()),
-        ("hint", pa.string()),  # what to do about the error
-        ("warnings", pa.list_(pa.string())),
-        ("decode_s", pa.float64()),
-        # What the probe found in the source (null when the probe failed).
-        ("codec", pa.string()),
-        ("source_height", pa.int32()),
-        ("source_width", pa.int32()),
-        ("source_fps", pa.float64()),
-        ("source_duration_s", pa.float64()),
-        ("vfr", pa.bool_()),
-        ("rotation", pa.int32()),
-        ("mirrored", pa.bool_()),  # shown mirrored left to right after the rotation
-        ("frames_file", pa.string()),  # "<version>/<video_id>.npy", relative to the shard folder; null when failed
+        _column("manifest_row", pa.int64(), "row of the manifest (1-based data rows)"),
+        _column("video_id", pa.string(), "safe, unique id; names the frames file"),
+        _column("source", pa.string(), "the video's path or URL (bytes of a non-UTF-8 file name appear as \\xNN)"),
+        _column("status", pa.string(), "ok or failed"),
+        _column("num_frames", pa.int64(), "frames decoded"),
+        _column("expected_frames", pa.int64(), "frames the probe counted; null when the probe failed"),
+        _column("height", pa.int32(), "output height"),
+        _column("width", pa.int32(), "output width"),
+        _column("requested_mode", pa.string(), "decoder mode asked for"),
+        _column("decode_mode", pa.string(), "decoder mode used; null when nothing decoded"),
+        _column("fallback_reason", pa.string(), "why the mode used is not the one asked for"),
+        _column("error_reason", pa.string(), "reason code of a failure, such as not_found, corrupt, timeout"),
+        _column("error", pa.string(), "what went wrong"),
+        _column("hint", pa.string(), "what to do about the error"),
+        _column("warnings", pa.list_(pa.string()), "decoder warnings of a video that decoded"),
+        _column("decode_s", pa.float64(), "seconds spent on the video"),
+        _column("codec", pa.string(), "source codec (null when the probe failed, as for all source_ columns)"),
+        _column("source_height", pa.int32(), "displayed source height, after rotation"),
+        _column("source_width", pa.int32(), "displayed source width, after rotation"),
+        _column("source_fps", pa.float64(), "frames per second counted from the stream"),
+        _column("source_duration_s", pa.float64(), "duration counted from the stream, seconds"),
+        _column("vfr", pa.bool_(), "variable frame rate"),
+        _column("rotation", pa.int32(), "display rotation applied, degrees"),
+        _column("mirrored", pa.bool_(), "shown mirrored left to right after the rotation"),
+        _column("frames_file", pa.string(), "<version>/<video_id>.npy relative to the shard folder; null when failed"),
     ]
 )
 
@@ -81,6 +91,35 @@ INDEX_SCHEMA = pa.schema(
 def default_data_root() -> str:
     """``$FRAMES_PIPELINE_DATA``, or ``./data`` made absolute."""
     return os.environ.get(DATA_ENV) or str(Path("data").resolve())
+
+
+@dataclass(frozen=True)
+class BlockedShard:
+    """A shard whose last run was judged and not published: its blocking checks failed. ``inputs``
+    fingerprints everything that outcome followed from (``shards.ShardInputs``); a run on the same
+    inputs would fail the same way, so the shard waits for one of them to change."""
+
+    key: str
+    inputs: str
+    reason: str  # one line: which checks failed and by how much
+    checks: tuple[str, ...]
+    at: str  # ISO 8601, UTC
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> BlockedShard:
+        fields = json.loads(data)
+        return cls(**{**fields, "checks": tuple(fields["checks"])})
+
+
+@dataclass(frozen=True)
+class PublishedShard:
+    """What a published index says it was cut from (None for indexes written before it was recorded)."""
+
+    manifest_hash: str | None
+    shard_size: int | None
 
 
 @dataclass(frozen=True)
@@ -136,6 +175,34 @@ class FramesStore:
         frames = self.shard_location(key).child(row["frames_file"])
         return _load_array(frames), _load_array(frames.parent().child(pts_path(frames.name).name))
 
+    def published(self, key: str) -> PublishedShard | None:
+        """The manifest version and shard size of the published index of ``key``; None if unpublished."""
+        metadata = _index_metadata(self, key)
+        if metadata is None:
+            return None
+        size = metadata.get(SHARD_SIZE_KEY)
+        return PublishedShard(metadata.get(MANIFEST_HASH_KEY), int(size) if size else None)
+
+    def record_blocked(self, blocked: BlockedShard) -> None:
+        self.write_file(f"frames/{BLOCKED_DIR}/{blocked.key}.json", blocked.to_json())
+
+    def clear_blocked(self, key: str) -> None:
+        record = self.location.child("frames", BLOCKED_DIR, f"{key}.json")
+        if record.fs.exists(record.path):
+            record.fs.rm(record.path)
+
+    def blocked_shards(self) -> dict[str, BlockedShard]:
+        """Every shard whose last run was blocked, read with one listing of the frames folder."""
+        folder = self.location.child("frames", BLOCKED_DIR)
+        if not folder.fs.isdir(folder.path):
+            return {}
+        blocked = {}
+        for entry in folder.fs.ls(folder.path, detail=False):
+            if entry.endswith(".json"):
+                record = BlockedShard.from_json(folder.fs.cat_file(entry))
+                blocked[record.key] = record
+        return blocked
+
     def write_file(self, relative: str, data: bytes) -> str:
         """Replace the file at ``relative`` (to the root) with ``data`` in one step; returns its location."""
         target = self.location.child(relative)
@@ -188,13 +255,20 @@ class PublishedVersions:
 
 def published_versions(store: FramesStore, key: str) -> PublishedVersions:
     """The versions the published index of ``key`` names and keeps (none for an unpublished shard)."""
+    metadata = _index_metadata(store, key) or {}
+    replaced = json.loads(metadata.get(REPLACED_KEY, "{}"))
+    return PublishedVersions(
+        metadata.get(VERSION_KEY) or None, {name: datetime.fromisoformat(when) for name, when in replaced.items()}
+    )
+
+
+def _index_metadata(store: FramesStore, key: str) -> dict[str, str] | None:
+    """The key-value metadata of the published index of ``key`` (only its footer is read)."""
     try:
         metadata = read_parquet_schema(store.index_location(key)).metadata or {}
     except FileNotFoundError:
-        return PublishedVersions(None, {})
-    version = metadata.get(VERSION_KEY.encode(), b"").decode() or None
-    replaced = json.loads(metadata.get(REPLACED_KEY.encode(), b"{}"))
-    return PublishedVersions(version, {name: datetime.fromisoformat(when) for name, when in replaced.items()})
+        return None
+    return {k.decode(): v.decode() for k, v in metadata.items() if k.startswith(b"frames_pipeline.")}
 
 
 def replace_file(path: Path, data: bytes) -> None:

@@ -8,32 +8,30 @@ from typing import Any
 
 import pandas as pd
 
+from frames_pipeline.storage.status import ShardState
 from frames_pipeline.storage.store import FramesStore
 
-SUMMARY_COLUMNS = ["shard", "published", "videos", "ok", "failed", "frames", "decode_modes", "failures"]
+SUMMARY_COLUMNS = ["shard", "state", "detail", "videos", "ok", "failed", "frames", "decode_modes", "failures"]
 
 
-def summarize_shards(store: FramesStore, keys: Sequence[str]) -> pd.DataFrame:
-    """One row per shard from its published index: counts, frames, effective modes and failure reasons."""
+def summarize_shards(store: FramesStore, states: Sequence[ShardState]) -> pd.DataFrame:
+    """One row per shard: its state, and from its published index (if any) counts, frames, effective
+    modes and failure reasons."""
     rows = []
-    for key in keys:
-        index = store.read_index(key)
-        if index is None:
-            rows.append(dict(zip(SUMMARY_COLUMNS, [key, False, 0, 0, 0, 0, {}, {}], strict=True)))
-            continue
-        ok = index["status"] == "ok"
-        rows.append(
-            {
-                "shard": key,
-                "published": True,
-                "videos": len(index),
-                "ok": int(ok.sum()),
-                "failed": int((~ok).sum()),
-                "frames": int(index.loc[ok, "num_frames"].sum()),
-                "decode_modes": count_values(index.loc[ok, "decode_mode"]),
-                "failures": count_values(index.loc[~ok, "error_reason"]),
-            }
-        )
+    for state in states:
+        index = store.read_index(state.key)
+        counts: list[Any] = [0, 0, 0, 0, {}, {}]
+        if index is not None:
+            ok = index["status"] == "ok"
+            counts = [
+                len(index),
+                int(ok.sum()),
+                int((~ok).sum()),
+                int(index.loc[ok, "num_frames"].sum()),
+                count_values(index.loc[ok, "decode_mode"]),
+                count_values(index.loc[~ok, "error_reason"]),
+            ]
+        rows.append([state.key, state.state, state.detail, *counts])
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
