@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .peers import MANY_VIDEO_SETS, TRANSNET_HW
+from .corpus import FULL, QUICK
+from .peers import CONTENDERS, MANY_VIDEO_SETS, TRANSNET_HW
 
 _KIND_COLOURS = {"ours": "tab:green", "nemo": "tab:red", "floor": "tab:gray", "peer": "tab:blue"}
 
@@ -199,8 +200,15 @@ def markdown(results: dict[str, Any]) -> str:
         "in the sum, so it is an upper bound.",
         f"- Reference and decodable count: the {results['reference']} output. MAD: mean absolute difference "
         "per pixel value (0-255) over the frames both have.",
-        "",
     ]
+    ran = {r["key"] for r in results["rows"]}
+    rows_out = [c.key for c in CONTENDERS if c.key not in ran]
+    sets_out = [s.name for s in (QUICK if results["quick"] else FULL) if s.name not in results["sets"]]
+    if rows_out or sets_out:
+        # A selected run's tables and goals stand for what ran; say what did not, so no row reads as missing.
+        parts = [f"{what} {', '.join(names)}" for what, names in (("rows", rows_out), ("sets", sets_out)) if names]
+        lines.append(f"- Not in this run (`--rows` / `--sets`): {'; '.join(parts)}")
+    lines.append("")
     lines += [
         "## Issue #16's goals in this run",
         "",

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.corpus import ClipSpec, build, copies_of
-from bench.peers import MANY_VIDEO_SETS, RowContext, open_floor_parallel, usable_cores
+from bench.corpus import FULL, ClipSpec, build, copies_of
+from bench.peers import CONTENDERS, MANY_VIDEO_SETS, RowContext, open_floor_parallel, usable_cores
 from bench.report import goal_checks, markdown, ratios
 
 
@@ -125,3 +125,13 @@ def test_ratios_pair_each_of_our_rows_with_the_floor_of_its_kind() -> None:
     results = _results([_row(key, kind, "short_360p", 100.0) for key, kind in kinds.items()])
     floors = {(r["ours"], r["other"]) for r in ratios(results) if r["vs"] == "floor"}
     assert floors == {("ours", "floor"), ("ours_pool", "floor_parallel")}
+
+
+def test_a_selected_run_names_the_rows_and_sets_it_left_out() -> None:
+    results = _results([_row("ours", "ours", "h264_1080p", 90.0), _row("floor", "floor", "h264_1080p", 100.0)])
+    (line,) = [line for line in markdown(results).splitlines() if line.startswith("- Not in this run")]
+    assert "rows ours_fast, ours_pool, nemo," in line and "rows ours," not in line
+    assert "; sets h264_720p, hevc_1080p," in line and "h264_1080p," not in line.split("; sets ")[1]
+    every_set = {spec.name: results["sets"]["h264_1080p"] for spec in FULL}
+    everything = [_row(c.key, c.kind, "h264_1080p", 100.0) for c in CONTENDERS]
+    assert "Not in this run" not in markdown(_results(everything) | {"sets": every_set})
