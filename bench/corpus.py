@@ -21,24 +21,44 @@ class ClipSpec:
     frames: int
     count: int = 1
     fps: int = 30
+    copies: int = 1  # each clip listed this many times: a many-video set at the cost of one encode
+    files: str | None = None  # the set whose encoded clips these are (None: its own)
+
+    @property
+    def many_videos(self) -> bool:
+        """Whether this set is many videos, what a shard is (the pool's sets), rather than one."""
+        return self.count * self.copies > 1
 
 
-FULL: tuple[ClipSpec, ...] = (
+def copies_of(spec: ClipSpec, copies: int) -> ClipSpec:
+    """``spec``'s clips, each listed ``copies`` times, as the set ``<name>_x<copies>``."""
+    return replace(spec, name=f"{spec.name}_x{copies}", copies=copies, files=spec.name)
+
+
+_FULL_SINGLE = (
     ClipSpec("h264_1080p", "libx264", 1080, 1920, 600),
     ClipSpec("h264_720p", "libx264", 720, 1280, 600),
     ClipSpec("hevc_1080p", "libx265", 1080, 1920, 600),
+)
+FULL: tuple[ClipSpec, ...] = (
+    *_FULL_SINGLE,
     ClipSpec("short_360p", "libx264", 360, 640, 60, count=200),
     ClipSpec("steady_360p", "libx264", 360, 640, 1200),
     ClipSpec("long_360p", "libx264", 360, 640, 18000),
+    *(copies_of(spec, 8) for spec in _FULL_SINGLE),
 )
 # Same shapes, a fraction of the work: for trying the harness, not for figures.
-QUICK: tuple[ClipSpec, ...] = (
+_QUICK_SINGLE = (
     ClipSpec("h264_1080p", "libx264", 1080, 1920, 60),
     ClipSpec("h264_720p", "libx264", 720, 1280, 60),
     ClipSpec("hevc_1080p", "libx265", 1080, 1920, 60),
+)
+QUICK: tuple[ClipSpec, ...] = (
+    *_QUICK_SINGLE,
     ClipSpec("short_360p", "libx264", 360, 640, 30, count=10),
     ClipSpec("steady_360p", "libx264", 360, 640, 300),
     ClipSpec("long_360p", "libx264", 360, 640, 900),
+    *(copies_of(spec, 8) for spec in _QUICK_SINGLE),
 )
 
 
@@ -69,14 +89,15 @@ def textured_frames(count: int, height: int, width: int, seed: int) -> Iterator[
 
 
 def build(directory: Path, specs: tuple[ClipSpec, ...]) -> dict[str, list[Path]]:
-    """Write every clip once (kept between runs); returns clip paths by spec name."""
+    """Write every clip once (kept between runs); returns clip paths by spec name, copies listed as often."""
     corpus: dict[str, list[Path]] = {}
     for spec in specs:
-        folder = directory / f"{spec.name}-{spec.frames}f"
+        stem = spec.files or spec.name
+        folder = directory / f"{stem}-{spec.frames}f"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for index in range(spec.count):
-            path = folder / f"{spec.name}_{index:03d}.mp4"
+            path = folder / f"{stem}_{index:03d}.mp4"
             if not path.exists():
                 partial = path.with_suffix(".partial.mp4")
                 frames = textured_frames(spec.frames, spec.height, spec.width, seed=index)
@@ -92,5 +113,5 @@ def build(directory: Path, specs: tuple[ClipSpec, ...]) -> dict[str, list[Path]]
                 )
                 partial.rename(path)
             paths.append(path)
-        corpus[spec.name] = paths
+        corpus[spec.name] = paths * spec.copies
     return corpus

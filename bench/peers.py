@@ -10,8 +10,10 @@ Imports of the decoders happen inside the openers, so a row's process only pays 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,10 +22,18 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .corpus import FULL
+
 Output = NDArray[np.uint8] | str | None
 Decode = Callable[[], list[Output]]
 TRANSNET_HW = (27, 48)
 MEMORY_HW = (224, 224)
+# What a shard is: many videos. The pool and the parallel floor run on these sets.
+MANY_VIDEO_SETS = tuple(spec.name for spec in FULL if spec.many_videos)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 @dataclass
@@ -46,8 +56,9 @@ class Contender:
     opener: Opener
     output_hw: tuple[int, int] = TRANSNET_HW
     binary: str | None = None  # "bundled" or "system": the ffmpeg CLI the row runs, if any
-    sets: tuple[str, ...] | None = None  # the clip sets it runs on; None: every throughput set
+    sets: tuple[str, ...] | None = None  # the clip sets it runs on; None: every throughput set of distinct clips
     returns_frames: bool = True
+    parallel: bool = False  # decodes several videos at once (compared with the parallel floor)
     # Turns what the library returned into (N, H, W, 3) for the pixel comparison, where it can.
     comparable: Callable[[NDArray[np.uint8]], NDArray[np.uint8]] | None = None
     about: str = ""
@@ -58,18 +69,19 @@ def _per_clip(decode_one: Callable[[str], Output], paths: Sequence[str]) -> Deco
 
 
 @contextmanager
-def open_ours(paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
-    from frames_pipeline.decode import extract_frames
+def open_ours(skip_loop_filter: bool, paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
+    from frames_pipeline.decode import DecodeOptions, extract_frames
 
+    options = DecodeOptions(mode="ffmpeg_cpu", output_hw=TRANSNET_HW, threads=0, skip_loop_filter=skip_loop_filter)
     ctx.notes.append("threads=0: PyAV picks the decoder thread count")
-    yield _per_clip(lambda p: extract_frames(p, mode="ffmpeg_cpu", output_hw=TRANSNET_HW, threads=0).frames, paths)
+    yield _per_clip(lambda p: extract_frames(p, options=options).frames, paths)
 
 
 @contextmanager
 def open_ours_pool(paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
     from frames_pipeline.decode import DecodeOptions, DecoderPool, VideoJob
 
-    workers = 2
+    workers = usable_cores()
     with DecoderPool(DecodeOptions(mode="ffmpeg_cpu"), workers=workers) as pool:
         ctx.notes.append(f"{workers} worker processes, {pool.options.threads} decoder thread(s) each")
         # One job per worker first: process spawn and imports are a once-per-pool cost, not per clip.
@@ -140,6 +152,20 @@ def open_floor(paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     yield _per_clip(decode_one, paths)
+
+
+@contextmanager
+def open_floor_parallel(paths: Sequence[str], ctx: RowContext) -> Iterator[Decode]:
+    ffmpeg = ctx.ffmpeg["bundled"]
+    processes = usable_cores()
+    ctx.notes.append(f"{processes} processes at a time, -threads 1 each")
+
+    def decode_one(path: str) -> None:
+        command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-threads", "1", "-i", path, "-f", "null", "-"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    with ThreadPoolExecutor(processes) as running:
+        yield lambda: list(running.map(decode_one, paths))
 
 
 @contextmanager
@@ -248,13 +274,18 @@ def describe_error(exc: BaseException) -> str:
 
 CONTENDERS: tuple[Contender, ...] = (
     Contender(
-        "ours", "ours ffmpeg_cpu (in-process)", "ours", open_ours,
+        "ours", "ours ffmpeg_cpu (in-process)", "ours", partial(open_ours, False),
         about="`extract_frames(path, mode=\"ffmpeg_cpu\")`: PyAV decode, our Y'CbCr area shrink, one clip at a time",
     ),
     Contender(
-        "ours_pool", "ours ffmpeg_cpu (DecoderPool x2)", "ours", open_ours_pool, sets=("short_360p",),
-        about="`DecoderPool(DecodeOptions(mode=\"ffmpeg_cpu\"), workers=2)` writing .npy files: how users run "
-        "many clips",
+        "ours_fast", "ours ffmpeg_cpu skip_loop_filter (in-process)", "ours", partial(open_ours, True),
+        about="the same with `skip_loop_filter=True`, the opt-in fast decode (no H.264/HEVC deblocking)",
+    ),
+    Contender(
+        "ours_pool", "ours ffmpeg_cpu (DecoderPool, a worker per core)", "ours", open_ours_pool,
+        sets=MANY_VIDEO_SETS, parallel=True,
+        about="`DecoderPool(DecodeOptions(mode=\"ffmpeg_cpu\"), workers=<cores>)` writing .npy files: how users "
+        "run many clips (a shard)",
     ),
     Contender(
         "nemo", "NeMo CPU command (ffmpeg {ffmpeg})", "nemo", partial(open_nemo, "bundled", TRANSNET_HW),
@@ -270,6 +301,12 @@ CONTENDERS: tuple[Contender, ...] = (
         "floor", "decode-only floor (ffmpeg {ffmpeg} -f null)", "floor", open_floor, binary="bundled",
         returns_frames=False,
         about="`ffmpeg -threads 0 -i FILE -f null -`, one process per clip: decoding alone, no conversion or resize",
+    ),
+    Contender(
+        "floor_parallel", "parallel decode floor ({cores} x ffmpeg {ffmpeg} -threads 1 -f null)", "floor",
+        open_floor_parallel, binary="bundled", returns_frames=False, sets=MANY_VIDEO_SETS, parallel=True,
+        about="`ffmpeg -threads 1 -i FILE -f null -`, as many processes at a time as cores, over the set's clips: "
+        "the limit for many-video work",
     ),
     Contender(
         "imageio", "imageio-ffmpeg read_frames", "peer", open_imageio,

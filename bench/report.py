@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .peers import TRANSNET_HW
+from .corpus import FULL, QUICK
+from .peers import CONTENDERS, MANY_VIDEO_SETS, TRANSNET_HW
 
 _KIND_COLOURS = {"ours": "tab:green", "nemo": "tab:red", "floor": "tab:gray", "peer": "tab:blue"}
 
@@ -19,26 +21,33 @@ def _fps(row: dict[str, Any]) -> float | None:
     return row.get("fps") if row["status"] == "ok" else None
 
 
-def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each of our rows against NeMo's rows, the decode-only floor and the fastest peer of the same set.
+def _correct(row: dict[str, Any]) -> bool:
+    """Every decodable frame, each (27, 48, 3): a peer whose output needs fixing (decord's padding,
+    video2numpy's crop) is not a fair winner on its own."""
+    return bool(row.get("shape_ok")) and row.get("frames_returned") == row["decodable"]
 
-    "best peer" is the fastest peer whose output is (N, 27, 48, 3) with every decodable frame; the
-    fastest peer of all is listed too when that is another one.
+
+def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each of our rows against NeMo's rows, the decode floor of its kind and the fastest peer of the same set.
+
+    Our rows that decode one video at a time meet the single-video floor, the pool meets the parallel
+    floor. "best peer" is the fastest peer whose output is correct (``_correct``); the fastest peer
+    of all is listed too when that is another one.
     """
     found = []
     for clip_set in results["sets"]:
         rows = [r for r in results["rows"] if r["set"] == clip_set and _is_throughput(r) and _fps(r)]
         peers = [r for r in rows if r["kind"] == "peer"]
-        others = [(r["kind"], r) for r in rows if r["kind"] in ("nemo", "floor")]
-        # A peer whose output needs fixing (decord's padding, video2numpy's crop) is not a fair winner on its own.
-        usable = [r for r in peers if r.get("shape_ok") and r.get("frames_returned") == r["decodable"]]
+        usable = [r for r in peers if _correct(r)]
         best = max(usable, key=lambda r: r["fps"]) if usable else None
         fastest = max(peers, key=lambda r: r["fps"]) if peers else None
-        if best is not None:
-            others.append(("best peer", best))
-        if fastest is not None and fastest is not best:
-            others.append(("fastest peer, wrong output shape or count", fastest))
         for ours in (r for r in rows if r["kind"] == "ours"):
+            others = [(r["kind"], r) for r in rows if r["kind"] == "nemo"]
+            others += [("floor", r) for r in rows if r["kind"] == "floor" and r["parallel"] == ours["parallel"]]
+            if best is not None:
+                others.append(("best peer", best))
+            if fastest is not None and fastest is not best:
+                others.append(("fastest peer, wrong output shape or count", fastest))
             for what, other in others:
                 found.append(
                     {
@@ -52,6 +61,71 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
                     }
                 )
     return found
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue #16's goals: row ``ours`` against row ``other`` on each of ``sets``, at least ``ratio``."""
+
+    goal: str
+    ours: str
+    other: str
+    sets: tuple[str, ...]
+    ratio: float
+
+
+_LARGE = ("h264_1080p", "h264_720p", "hevc_1080p")
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "many videos: the pool against the parallel decode floor", "ours_pool", "floor_parallel", MANY_VIDEO_SETS, 0.95
+    ),
+    Target("one video in-process against the single-video floor", "ours", "floor", _LARGE, 0.95),
+    Target("one video in-process against the single-video floor", "ours", "floor", ("long_360p",), 0.9),
+    Target("the fast decode (skip_loop_filter) against the single-video floor", "ours_fast", "floor", _LARGE, 1.1),
+)
+_AHEAD = "ahead of every peer with correct output, NeMo's command included"
+
+
+@dataclass(frozen=True)
+class GoalCheck:
+    goal: str
+    set: str
+    ours: str
+    other: str
+    ratio: float | None  # None: a row it needs failed or did not run
+    target: float
+    strictly: bool = False  # ahead means faster: a tie does not meet it
+
+    @property
+    def met(self) -> bool:
+        if self.ratio is None:
+            return False
+        return self.ratio > self.target if self.strictly else self.ratio >= self.target
+
+
+def goal_checks(results: dict[str, Any]) -> list[GoalCheck]:
+    """Issue #16's goals against this run: the ``TARGETS`` ratios, and on every set with peers our
+    fastest default row (not the fast decode) against the fastest correct peer or NeMo row."""
+    rows = {(r["set"], r["key"]): r for r in results["rows"] if _is_throughput(r)}
+    checks = []
+    for target in TARGETS:
+        for clip_set in (s for s in target.sets if s in results["sets"]):
+            ours, other = rows.get((clip_set, target.ours)), rows.get((clip_set, target.other))
+            fps_ours, fps_other = (_fps(ours) if ours else None), (_fps(other) if other else None)
+            ratio = fps_ours / fps_other if fps_ours and fps_other else None
+            labels = [r["label"] if r else key for r, key in ((ours, target.ours), (other, target.other))]
+            checks.append(GoalCheck(target.goal, clip_set, *labels, ratio, target.ratio))
+    for clip_set in results["sets"]:
+        here = [r for (s, _), r in rows.items() if s == clip_set and _fps(r)]
+        rivals = [r for r in here if r["kind"] in ("peer", "nemo") and _correct(r)]
+        ours = [r for r in here if r["kind"] == "ours" and r["key"] != "ours_fast"]
+        if not rivals:
+            continue
+        best = max(rivals, key=lambda r: r["fps"])
+        mine = max(ours, key=lambda r: r["fps"]) if ours else None
+        ratio = mine["fps"] / best["fps"] if mine else None
+        checks.append(GoalCheck(_AHEAD, clip_set, mine["label"] if mine else "ours", best["label"], ratio, 1.0, True))
+    return checks
 
 
 def memory_comparison(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,15 +200,36 @@ def markdown(results: dict[str, Any]) -> str:
         "in the sum, so it is an upper bound.",
         f"- Reference and decodable count: the {results['reference']} output. MAD: mean absolute difference "
         "per pixel value (0-255) over the frames both have.",
-        "",
     ]
+    ran = {r["key"] for r in results["rows"]}
+    rows_out = [c.key for c in CONTENDERS if c.key not in ran]
+    sets_out = [s.name for s in (QUICK if results["quick"] else FULL) if s.name not in results["sets"]]
+    if rows_out or sets_out:
+        # A selected run's tables and goals stand for what ran; say what did not, so no row reads as missing.
+        parts = [f"{what} {', '.join(names)}" for what, names in (("rows", rows_out), ("sets", sets_out)) if names]
+        lines.append(f"- Not in this run (`--rows` / `--sets`): {'; '.join(parts)}")
+    lines.append("")
+    lines += [
+        "## Issue #16's goals in this run",
+        "",
+        "| goal | set | ours | against | ratio | target | met |",
+        "|---|---|---|---|--:|--:|---|",
+    ]
+    for check in goal_checks(results):
+        ratio = "–" if check.ratio is None else f"{check.ratio:.2f}x"
+        target = f"{'>' if check.strictly else '>='} {check.target:.2f}x"
+        met = "met" if check.met else "**not met**"
+        lines.append(f"| {check.goal} | {check.set} | {check.ours} | {check.other} | {ratio} | {target} | {met} |")
+    lines.append("")
     found = ratios(results)
     for clip_set, info in results["sets"].items():
         rows = [r for r in results["rows"] if r["set"] == clip_set and _is_throughput(r)]
         if not rows:
             continue
+        copies = info.get("copies", 1)
+        clips = f"{info['clips']} clips ({copies} copies of each)" if copies > 1 else f"{info['clips']} clip(s)"
         lines += [
-            f"## {clip_set}: {info['clips']} clip(s), {info['size']} {info['codec']}, "
+            f"## {clip_set}: {clips}, {info['size']} {info['codec']}, "
             f"{info['frames_per_clip']} frames each, {info['decodable']} decodable",
             "",
             *_table(rows),
@@ -209,7 +304,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     """Write cpu.json, cpu.md and cpu.png under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    results = {**results, "ratios": ratios(results), "memory": memory_comparison(results)}
+    results = {
+        **results,
+        "ratios": ratios(results),
+        "goals": [asdict(check) | {"met": check.met} for check in goal_checks(results)],
+        "memory": memory_comparison(results),
+    }
     paths = [out / "cpu.json", out / "cpu.md", out / "cpu.png"]
     paths[0].write_text(json.dumps(results, indent=2))
     paths[1].write_text(markdown(results))

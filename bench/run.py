@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .peers import BY_KEY, CONTENDERS, TRANSNET_HW, Contender, Output, RowContext, describe_error
+from .peers import BY_KEY, CONTENDERS, TRANSNET_HW, Contender, Output, RowContext, describe_error, usable_cores
 
 SYSTEM_FFMPEG = "/usr/bin/ffmpeg"
 REFERENCE = "bundled ffmpeg CLI: -vf scale=48:27:flags=area -fps_mode passthrough -f rawvideo -pix_fmt rgb24"
@@ -122,6 +122,7 @@ def measure(
     row: dict[str, Any] = {
         "key": contender.key,
         "kind": contender.kind,
+        "parallel": contender.parallel,
         "set": clip_set,
         "output_hw": list(contender.output_hw),
         "clips": len(paths),
@@ -300,26 +301,32 @@ def run_benchmark(
     set_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="frames-bench-") as tmp:
         scratch = Path(tmp)
+        made: dict[Path, tuple[Path, int]] = {}  # copies of a clip share its reference
         for spec in specs:
             paths = corpus[spec.name]
-            references = []
-            for i, path in enumerate(paths):
-                reference = scratch / "references" / spec.name / f"{i}.npy"
-                references.append((reference, make_reference(ffmpeg["bundled"], path, reference)))
+            for path in paths:
+                if path not in made:
+                    reference = scratch / "references" / f"{len(made)}.npy"
+                    made[path] = (reference, make_reference(ffmpeg["bundled"], path, reference))
+            references = [made[path] for path in paths]
             set_info[spec.name] = {
                 "clips": len(paths),
+                "copies": spec.copies,
                 "codec": spec.codec,
                 "size": f"{spec.width}x{spec.height}",
                 "frames_per_clip": spec.frames,
                 "decodable": sum(n for _, n in references),
             }
             for contender in contenders:
-                if contender.sets is not None and spec.name not in contender.sets:
+                runs_here = spec.copies == 1 if contender.sets is None else spec.name in contender.sets
+                if not runs_here:
                     continue
                 # The 224x224 rows are about memory and write gigabytes: once is enough.
                 row_repeats = repeats if contender.output_hw == TRANSNET_HW else 1
                 row = measure(contender, spec.name, paths, references, ffmpeg, row_repeats, scratch)
-                row["label"] = contender.label.format(ffmpeg=versions.get(contender.binary or "", ""))
+                row["label"] = contender.label.format(
+                    ffmpeg=versions.get(contender.binary or "", ""), cores=usable_cores()
+                )
                 row["about"] = contender.about
                 rows.append(row)
                 _print_row(row)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from frames_pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from frames_pipeline.decode import cuda_device_count
+from frames_pipeline.decode import cuda_device_count, extract_frames
 from frames_pipeline.storage.manifest import SHARD_SIZE_ENV, file_hash
 from frames_pipeline.storage.shard_writer import ShardWriter
 from frames_pipeline.storage.store import BlockedShard, FramesStore
@@ -41,6 +41,18 @@ def test_extract_json_lines_and_success_code(
     (line,) = capsys.readouterr().out.splitlines()
     row = json.loads(line)
     assert row["status"] == "ok" and row["decode_mode"] == "ffmpeg_cpu" and row["num_frames"] == 40  # index names
+
+
+def test_extract_can_skip_the_loop_filter(edge_corpus: dict[str, Path], tmp_path: Path) -> None:
+    video = str(edge_corpus["pattern"])
+    assert main(["extract", video, "--out", str(tmp_path / "default"), "--mode", "ffmpeg_cpu"]) == EXIT_OK
+    assert (
+        main(["extract", video, "--out", str(tmp_path / "fast"), "--mode", "ffmpeg_cpu", "--skip-loop-filter"])
+        == EXIT_OK
+    )
+    fast = extract_frames(video, mode="ffmpeg_cpu", skip_loop_filter=True).frames
+    np.testing.assert_array_equal(np.load(tmp_path / "fast" / "pattern.npy"), fast)
+    assert not np.array_equal(np.load(tmp_path / "default" / "pattern.npy"), fast)
 
 
 @pytest.mark.parametrize("argv", [["extract", "x.mp4"], ["extract", "x.mp4", "--out", "o", "--hw", "27"], ["nope"]])

@@ -129,6 +129,19 @@ def test_cpu_mode_matches_ffmpeg_cli(edge_corpus: dict[str, Path], case: str) ->
     assert mad(result.frames, cli_frames(edge_corpus[case])) <= MAX_MAD
 
 
+@pytest.mark.parametrize("threads", [0, 1])
+@pytest.mark.parametrize("case", ["pattern", "hevc_10bit"])
+def test_skip_loop_filter_changes_pixels_slightly_and_nothing_else(
+    edge_corpus: dict[str, Path], case: str, threads: int
+) -> None:
+    default = extract_frames(edge_corpus[case], mode="ffmpeg_cpu", threads=threads)
+    fast = extract_frames(edge_corpus[case], mode="ffmpeg_cpu", threads=threads, skip_loop_filter=True)
+    np.testing.assert_array_equal(fast.pts_s, default.pts_s)
+    assert fast.frames is not None and default.frames is not None
+    assert 0 < mad(fast.frames, default.frames) < 1  # the deblocking filter was skipped, and that is all
+    assert fast.warnings == default.warnings
+
+
 def test_output_hw_is_height_then_width(edge_corpus: dict[str, Path]) -> None:
     frames = extract_frames(edge_corpus["pattern"], output_hw=(36, 64)).frames
     assert frames is not None and frames.shape == (30, 36, 64, 3)

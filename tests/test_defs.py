@@ -494,6 +494,8 @@ def test_decoder_resource_knows_its_effective_mode() -> None:
     with dg.build_resources({"frame_decoder": decoder}) as built:
         assert built.frame_decoder.effective_mode in ("pynvc", "ffmpeg_gpu", "ffmpeg_cpu")
         assert built.frame_decoder.decode_options().output_hw == (18, 32)
+        assert not built.frame_decoder.decode_options().skip_loop_filter
+    assert FrameDecoderResource(skip_loop_filter=True).decode_options().skip_loop_filter
     with pytest.raises(ValueError, match="unknown decode mode"):
         FrameDecoderResource(mode="gpu").decode_options()
 

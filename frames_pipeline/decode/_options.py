@@ -28,6 +28,10 @@ class DecodeOptions:
     allow_remote: bool = False
     allowed_roots: tuple[str, ...] = field(default=())
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # FFmpeg's H.264/HEVC software decoders skip their in-loop deblocking filter (``-skip_loop_filter
+    # all``): 15-20% less decoding CPU, slightly blockier frames. GPU decoders filter in hardware
+    # and ignore it; bench/results/transnet.md measures what it does to TransNetV2's cuts.
+    skip_loop_filter: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in DECODE_MODES:

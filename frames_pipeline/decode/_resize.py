@@ -161,7 +161,9 @@ class _PlanePlan:
     """Groups and weights for one plane size; the heavy pass is integer, the matrices tiny.
 
     Keeping every matrix product small matters: a large one would wake the BLAS thread pool,
-    whose spinning threads take the cores the video decoder needs.
+    whose spinning threads take the cores the video decoder needs. One frame's planes (2-D) are
+    reduced in buffers kept between frames, so a plan serves one thread at a time (each decoder
+    has its own).
     """
 
     def __init__(self, in_hw: tuple[int, int], out_h: int, out_w: int, peak: int) -> None:
@@ -174,48 +176,48 @@ class _PlanePlan:
         self.rows_dtype = np.uint16 if self.rows_group * peak <= np.iinfo(np.uint16).max else np.uint32
         exact_f32 = self.rows_group * self.cols_group * peak < 1 << 24
         self._cols_ones = np.ones(self.cols_group, np.float32 if exact_f32 else np.float64)
+        self._full_rows = (in_hw[0] // self.rows_group) * self.rows_group
+        self._frame_rows, self._frame_padded = self._buffers(())
 
     def reduce(self, plane: NDArray, out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+        """Exact sums of ``rows_group`` x ``cols_group`` boxes of planes shaped (..., h, w), into ``out`` when given."""
         if plane.shape[-2:] != self.in_hw:
             raise ValueError(f"plane is {plane.shape[-2:]}, expected {self.in_hw}")
+        lead = plane.shape[:-2]
         if out is None:
-            out = np.empty((*plane.shape[:-2], *self.sums_hw), np.float32)
-        _column_sums(_row_sums(plane, self.rows_group, self.rows_dtype), self._cols_ones, out)
+            out = np.empty((*lead, *self.sums_hw), np.float32)
+        if self.cols_group == 1:  # large outputs: no columns to sum
+            out[...] = self._row_sums(plane, np.empty((*lead, self.sums_hw[0], self.in_hw[1]), self.rows_dtype))
+            return out
+        rows, padded = (self._frame_rows, self._frame_padded) if not lead else self._buffers(lead)
+        # Columns past the plane's width stay zero, so the last, partial group sums in the same product.
+        padded[..., : self.in_hw[1]] = self._row_sums(plane, rows)
+        # A product with ones sums the column groups in BLAS, exactly (whole numbers the float type holds):
+        # twice as fast as numpy's reductions of short runs along the contiguous axis.
+        np.matmul(padded.reshape((*padded.shape[:-1], -1, self.cols_group)), self._cols_ones, out=out)
         return out
 
     def finish(self, sums: NDArray[np.float32]) -> NDArray[np.float32]:
         return self.rows_weights @ sums @ self.cols_weights_t
 
+    def _buffers(self, lead: tuple[int, ...]) -> tuple[NDArray, NDArray]:
+        """Row sums and their zero-padded float copy for planes with leading dimensions ``lead``."""
+        groups, width = self.sums_hw[0], self.in_hw[1]
+        padded_width = self.sums_hw[1] * self.cols_group
+        rows = np.empty((*lead, groups, width), self.rows_dtype)
+        return rows, np.zeros((*lead, groups, padded_width), self._cols_ones.dtype)
 
-def _row_sums(x: NDArray, group: int, dtype: type[np.unsignedinteger]) -> NDArray:
-    """Sum runs of ``group`` rows (axis -2); one reshape pass, the fastest way numpy reads a big plane."""
-    if group == 1:
-        return x
-    n = x.shape[-2]
-    full = (n // group) * group
-    sums = np.empty((*x.shape[:-2], -(-n // group), x.shape[-1]), dtype)
-    head = x[..., :full, :].reshape((*x.shape[:-2], full // group, group, x.shape[-1]))
-    np.add.reduce(head, axis=-2, dtype=dtype, out=sums[..., : full // group, :])
-    if full < n:
-        np.add.reduce(x[..., full:, :], axis=-2, dtype=dtype, out=sums[..., -1, :])
-    return sums
-
-
-def _column_sums(x: NDArray, ones: NDArray[np.floating], out: NDArray[np.float32]) -> None:
-    """Sum runs of ``len(ones)`` columns (axis -1) into ``out``, exactly: the sums are whole numbers the
-    float type of ``ones`` holds. A product with ones runs in BLAS, twice as fast as numpy's reductions
-    of short runs along the contiguous axis (``add.reduceat``, strided adds)."""
-    group = len(ones)
-    if group == 1:  # large outputs: nothing to sum
-        out[...] = x
-        return
-    x = x.astype(ones.dtype)
-    n = x.shape[-1]
-    full = (n // group) * group
-    head = x[..., :full].reshape((*x.shape[:-1], full // group, group))
-    np.matmul(head, ones, out=out[..., : full // group])
-    if full < n:
-        out[..., -1] = x[..., full:].sum(axis=-1)
+    def _row_sums(self, plane: NDArray, out: NDArray) -> NDArray:
+        """Sum runs of ``rows_group`` rows (axis -2) into ``out``: one reshape pass, the fastest way numpy
+        reads a big plane."""
+        group, full = self.rows_group, self._full_rows
+        if group == 1:
+            return plane
+        head = plane[..., :full, :].reshape((*plane.shape[:-2], full // group, group, plane.shape[-1]))
+        np.add.reduce(head, axis=-2, dtype=self.rows_dtype, out=out[..., : full // group, :])
+        if full < plane.shape[-2]:
+            np.add.reduce(plane[..., full:, :], axis=-2, dtype=self.rows_dtype, out=out[..., -1, :])
+        return out
 
 
 def yuv_to_rgb(

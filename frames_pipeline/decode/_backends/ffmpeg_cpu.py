@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import av
 import av.error
@@ -68,13 +71,15 @@ class FFmpegCPUBackend:
                 stream = main_video_stream(container, info.path)
                 stream.thread_type = "AUTO" if threaded else "SLICE"
                 stream.thread_count = self.threads if threaded else 1
-                stream.codec_context.options = {"max_pixels": str(options.max_pixels)}
+                stream.codec_context.options = _codec_options(options)
                 damage_before = len(warnings)
                 clock = PacketClock(stream)
-                for frame in _frames(container, stream, clock, deadline, warnings, info.path):
-                    batch.add(frame)
-                    while batch.ready:
-                        yield batch.take()
+                frames = _frames(container, stream, clock, deadline, warnings, info.path)
+                with _decoded_ahead(frames) if threaded else contextlib.nullcontext(frames) as ahead:
+                    for frame in ahead:
+                        batch.add(frame)
+                        while batch.ready:
+                            yield batch.take()
                 batch.drain()
                 while batch.pending:
                     yield batch.take()
@@ -87,6 +92,65 @@ class FFmpegCPUBackend:
 
     def close(self) -> None:
         """Nothing is held between videos: PyAV opens a decoder per container."""
+
+
+_AHEAD_FRAMES = 8
+_END = object()
+
+
+@contextlib.contextmanager
+def _decoded_ahead(frames: Generator[av.VideoFrame, None, None]) -> Iterator[Iterator[av.VideoFrame]]:
+    """``frames``, pulled on a thread of their own up to ``_AHEAD_FRAMES`` ahead of the caller.
+
+    FFmpeg's frame threads only decode packets someone hands them; handed over between the
+    shrinking of one frame and the next, they wait on it. Here a feeding thread keeps them busy
+    (PyAV decodes without the GIL) while the caller shrinks. Errors of ``frames`` reach the caller;
+    the feeding thread is stopped and joined before the container can close.
+    """
+    handed: queue.Queue[Any] = queue.Queue(_AHEAD_FRAMES)
+    stop = threading.Event()
+
+    def hand(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handed.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        try:
+            for frame in frames:
+                if not hand(frame):
+                    return
+            hand(_END)
+        except BaseException as exc:  # handed to the caller, who raises it
+            hand(exc)
+        finally:
+            frames.close()
+
+    def take() -> Iterator[av.VideoFrame]:
+        while (item := handed.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    feeder = threading.Thread(target=feed, name="ffmpeg_cpu-feed", daemon=True)
+    feeder.start()
+    try:
+        yield take()
+    finally:
+        stop.set()
+        feeder.join()
+
+
+def _codec_options(options: DecodeOptions) -> dict[str, str]:
+    """The decoder's AVOptions for ``options``."""
+    codec = {"max_pixels": str(options.max_pixels)}
+    if options.skip_loop_filter:
+        codec["skip_loop_filter"] = "all"
+    return codec
 
 
 def _frames(
