@@ -508,3 +508,8 @@ def test_instance_settings_allow_one_run_per_shard(tmp_path: Path) -> None:
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in (
         queue.tag_concurrency_limits
     )
+
+
+def test_shard_job_runs_its_steps_in_the_run_process_and_other_jobs_keep_the_locations_executor() -> None:
+    assert defs.resolve_job_def("shard_job").executor_def.name == "in_process"
+    assert defs.resolve_job_def("summary_job").executor_def.name == "multi_or_in_process_executor"
