@@ -138,9 +138,9 @@ def video_frames(
             resume=config.resume,
             progress=progress,
         )
-    except ShardBusyError as exc:  # the run holding the shard will publish it; a retry would redo its work
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
-    except ShardUnwritableError as exc:  # read-only or full: a retry fails the same way until someone acts
+    # Busy: the run holding the shard will publish it, a retry would redo its work. Unwritable (read-only
+    # or full): a retry fails the same way until someone acts.
+    except (ShardBusyError, ShardUnwritableError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     yield from shard_outcome(
         context,
