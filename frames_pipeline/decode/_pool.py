@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import multiprocessing
 import os
 import queue
@@ -433,7 +434,7 @@ class DecoderPool:
             processes = workers if processes is None else processes
         elif processes is None:
             # At least one process per GPU, each carrying up to GPU_THREADS_PER_PROCESS decoder threads.
-            processes = min(workers, max(len(self.gpus), -(-workers // GPU_THREADS_PER_PROCESS)))
+            processes = min(workers, max(len(self.gpus), math.ceil(workers / GPU_THREADS_PER_PROCESS)))
         if options.threads == 0:
             # Several decoder threads per process decode on CPU with one FFmpeg thread each, which keeps
             # each video's captured messages its own (see the ffmpeg_cpu backend).
